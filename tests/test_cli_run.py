@@ -1,0 +1,207 @@
+"""`xci-cn run` as Jenkins runs it: a real subprocess, its exit codes, its
+result files, signals and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from junitparser import Failure, JUnitXml
+
+from tests.helpers import XCI_CN, cli, write_scenario
+from tests.test_scenario_model import DEMO
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+
+
+def test_issue_demo_exits_1_with_results_that_say_so(tmp_path: Path) -> None:
+    write_scenario(tmp_path, DEMO, "demo.yaml")
+    proc = cli("run", "--scenario", "demo.yaml", "--results-dir", "R", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    results = tmp_path / "R"
+    summary = json.loads((results / "summary.json").read_text())
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert stages["prepare"]["status"] == "passed"
+    assert stages["build"]["status"] == "failed" and stages["build"]["attempts"] == 2
+    assert stages["collect-logs"]["status"] == "passed"
+    assert summary["result"] == "FAILED" and summary["scenario"] == "demo"
+    xml = JUnitXml.fromfile(str(results / "junit.xml"))
+    cases = {case.name: case for suite in xml for case in suite}
+    assert set(cases) == {"prepare", "build", "collect-logs"}
+    assert cases["prepare"].is_passed and cases["collect-logs"].is_passed
+    failure = cases["build"].result[0]
+    assert isinstance(failure, Failure) and "after 2 attempts" in failure.message
+    props = read_properties(results / "scenario.properties")
+    assert props["RESULT"] == "FAILED" and props["DEPLOY_SCENARIO"] == "demo"
+    assert props["FAILED_STAGES"] == "build" and props["XCI_FLAVOR"] == "mini"
+    # The console: one timestamped line per transition, no control codes.
+    assert "\x1b[" not in proc.stdout
+    assert any(line.endswith("build retrying (attempt 2/2)") for line in proc.stdout.splitlines())
+    assert (results / "logs" / "build.log").exists()
+
+
+def test_environment_is_the_default_and_options_win(tmp_path: Path) -> None:
+    write_scenario(tmp_path, DEMO.replace('"exit 1"', '"true"'), "demo.yaml")
+    env = {"DEPLOY_SCENARIO": "demo.yaml", "XCI_FLAVOR": "aio", "GERRIT_CHANGE_NUMBER": "4242",
+           "BUILD_URL": "https://jenkins.example/job/x/1/"}
+    proc = cli("run", "--results-dir", "R1", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "R1" / "summary.json").read_text())
+    assert summary["flavor"] == "aio"
+    assert summary["inputs"]["jenkins"]["GERRIT_CHANGE_NUMBER"] == "4242"
+    props = read_properties(tmp_path / "R1" / "scenario.properties")
+    assert props["BUILD_URL"] == "https://jenkins.example/job/x/1/" and props["RESULT"] == "PASSED"
+    proc = cli("run", "--flavor", "mini", "--results-dir", "R2", cwd=tmp_path, env=env)
+    assert proc.returncode == 0
+    assert json.loads((tmp_path / "R2" / "summary.json").read_text())["flavor"] == "mini"
+
+
+def test_invalid_input_exit_2_one_line_nothing_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    write_scenario(tmp_path, f"""name: bad
+stages:
+  - {{name: a, type: shell, with: {{command: "touch {marker}"}}}}
+  - {{name: b, type: shell, timeout: 30 parsecs, with: {{command: "true"}}}}
+""", "bad.yaml")
+    proc = cli("run", "--scenario", "bad.yaml", "--results-dir", "R", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == \
+        "xci-cn: bad.yaml:4: stages[1].timeout: '30 parsecs' is not a duration (use e.g. 30s, 5m, 1h30m)"
+    assert not marker.exists() and not (tmp_path / "R").exists()
+    assert "Traceback" not in proc.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    write_scenario(tmp_path, DEMO, "demo.yaml")
+    for args, text in [
+        (["run", "--scenario", "demo.yaml", "--flavor", "ha"], "does not support flavor 'ha'"),
+        (["run", "--scenario", "nosuch"], "unknown scenario 'nosuch'"),
+        (["run", "--scenario", "demo.yaml", "--stages", "prepare,nope"], "unknown stage(s) nope"),
+        (["run", "--scenario", "demo.yaml", "--installer", "docker"], "unknown installer 'docker'"),
+        (["run", "--bogus-option"], "No such option"),
+        (["validate", "missing.yaml"], "missing.yaml: no such file"),
+    ]:
+        proc = cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert text in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
+    write_scenario(tmp_path, DEMO, "demo.yaml")
+    proc = cli("run", "--scenario", "demo.yaml", "--dry-run", "--results-dir", "R", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "1. prepare" in proc.stdout and "3. collect-logs (always)" in proc.stdout
+    assert not (tmp_path / "R").exists()
+
+
+def test_stage_selection(tmp_path: Path) -> None:
+    write_scenario(tmp_path, DEMO, "demo.yaml")
+    proc = cli("run", "--scenario", "demo.yaml", "--stages", "prepare", "--results-dir", "R", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    summary = json.loads((tmp_path / "R" / "summary.json").read_text())
+    assert [s["status"] for s in summary["stages"]] == ["passed", "not-selected", "not-selected"]
+
+
+SLOW = """name: slow
+stages:
+  - {{name: first, type: shell, with: {{command: "echo first >> {log}"}}}}
+  - {{name: long, type: shell, needs: [first], with: {{command: "echo long >> {log}; sleep {sleep}"}}}}
+  - {{name: after, type: shell, needs: [long], with: {{command: "echo after >> {log}"}}}}
+  - {{name: logs, type: shell, needs: [after], always: true, with: {{command: "echo logs >> {log}"}}}}
+"""
+
+
+def _start(tmp_path: Path, text: str) -> subprocess.Popen[str]:
+    write_scenario(tmp_path, text, "slow.yaml")
+    return subprocess.Popen([*XCI_CN, "run", "--scenario", "slow.yaml", "--results-dir", "R"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(path: Path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text().split():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def test_sigterm_cancels_runs_always_writes_partial_results_exits_143(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    proc = _start(tmp_path, SLOW.format(log=log, sleep=300))
+    _wait_for_line(log, "long")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert log.read_text().split() == ["first", "long", "logs"]
+    summary = json.loads((tmp_path / "R" / "summary.json").read_text())
+    statuses = {s["name"]: s["status"] for s in summary["stages"]}
+    assert statuses == {"first": "passed", "long": "cancelled", "after": "cancelled", "logs": "passed"}
+    assert summary["result"] == "INTERRUPTED"
+    assert JUnitXml.fromfile(str(tmp_path / "R" / "junit.xml"))
+    assert "received SIGTERM" in out
+    # No `sleep 300` left behind by the cancelled stage.
+    assert "sleep 300" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                             text=True).stdout
+
+
+def test_sigint_exits_130(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    proc = _start(tmp_path, SLOW.format(log=log, sleep=300))
+    _wait_for_line(log, "long")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+
+
+def test_resume_after_sigkill_skips_what_passed(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    proc = _start(tmp_path, SLOW.format(log=log, sleep=300))
+    _wait_for_line(log, "long")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    subprocess.run(["pkill", "-KILL", "-f", "sleep 300"], check=False)  # the orphan of the killed run
+    state = json.loads((tmp_path / "R" / "state.json").read_text())
+    assert {s["name"]: s["status"] for s in state["stages"]}["first"] == "passed"
+    # Same scenario, now fast: --resume must not run `first` again.
+    write_scenario(tmp_path, SLOW.format(log=log, sleep=0), "slow.yaml")
+    done = cli("run", "--scenario", "slow.yaml", "--results-dir", "R", "--resume", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert log.read_text().split() == ["first", "long", "long", "after", "logs"]
+    summary = json.loads((tmp_path / "R" / "summary.json").read_text())
+    first = summary["stages"][0]
+    assert first["status"] == "passed" and first["resumed"] is True
+    assert "resuming run" in done.stdout
+
+
+def test_resume_reruns_a_stage_whose_definition_changed(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    write_scenario(tmp_path, SLOW.format(log=log, sleep=0), "slow.yaml")
+    assert cli("run", "--scenario", "slow.yaml", "--results-dir", "R", cwd=tmp_path).returncode == 0
+    write_scenario(tmp_path, SLOW.format(log=log, sleep=0).replace("echo after", "echo after2"), "slow.yaml")
+    assert cli("run", "--scenario", "slow.yaml", "--results-dir", "R", "--resume",
+               cwd=tmp_path).returncode == 0
+    # first and long resumed; after changed -> runs again; logs is `always` -> runs again.
+    assert log.read_text().split() == ["first", "long", "after", "logs", "after2", "logs"]
+
+
+def test_help_is_fast_and_does_not_import_the_kubernetes_client() -> None:
+    code = ("import sys, time; t=time.perf_counter(); from click.testing import CliRunner; "
+            "from xci_cn.cli import main; r=CliRunner().invoke(main, ['--help']); "
+            "assert r.exit_code == 0, r.output; "
+            "print('kubernetes' in sys.modules, 'ansible_runner' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_version() -> None:
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("xci-cn, version ")

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Create or reuse the virtualenv in .venv and install xci-cn with its test
+# tools; install the Debian packages the tests need when they are missing.
+# Idempotent: a second run with nothing changed takes a second or two.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.xci-cn-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bootstrap: installing xci-cn and its dependencies into .venv"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[test]'
+  touch "$stamp"
+fi
+
+# Debian packages used by the tests (only with --system and as root, so a
+# developer's laptop is never changed behind their back).
+if [ "${1:-}" = "--system" ]; then
+  missing=()
+  for pair in "prometheus:prometheus" "chromium:chromium" "chromedriver:chromium-driver"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+      echo "bootstrap: apt-get install ${missing[*]}"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+      echo "bootstrap: missing Debian packages: ${missing[*]} (run as root or install them)" >&2
+      exit 3
+    fi
+  fi
+fi

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: set up .venv, build (or verify the
+# cached) sandbox binaries, lint, then pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/bootstrap.sh --system
+.venv/bin/xci-cn sandbox build >/dev/null
+.venv/bin/ruff check .
+exec .venv/bin/pytest "$@"

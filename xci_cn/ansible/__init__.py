@@ -1,0 +1,1 @@
+"""Ansible through ansible-runner (runner.py is its only importer)."""

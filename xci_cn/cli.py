@@ -1,0 +1,341 @@
+"""The ``xci-cn`` command: the only place that prints and chooses exit codes.
+
+Heavy modules (the kubernetes client, ansible-runner) are imported inside the
+commands that need them, so ``xci-cn --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from xci_cn import __version__
+from xci_cn.errors import EXIT_FAILED, EXIT_INVALID_INPUT, InvalidInput, XciCnError
+
+DEFAULT_SCENARIO = "k8-nosdn-istio"
+DEFAULT_FLAVOR = "mini"
+JENKINS_VARIABLES = ("BUILD_URL", "JOB_NAME", "BUILD_NUMBER", "GERRIT_CHANGE_NUMBER",
+                     "GERRIT_PATCHSET_NUMBER", "GERRIT_REFSPEC", "GERRIT_BRANCH", "GERRIT_PROJECT",
+                     "GERRIT_TOPIC")
+
+
+def fail(lines: list[str], code: int) -> None:
+    for line in lines:
+        click.echo(f"xci-cn: {line}", err=True)
+    sys.exit(code)
+
+
+def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Translate xci-cn's errors into one line each and the documented exit
+    code — in one place, not in every command."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except XciCnError as exc:
+            from xci_cn.secrets import redactor
+
+            fail([redactor()(line) for line in exc.lines()], exc.exit_code)
+        except KeyboardInterrupt:
+            fail(["interrupted"], 130)
+        except BrokenPipeError:  # `xci-cn … | head`: the reader left; not an error
+            sys.exit(0)
+        except OSError as exc:
+            fail([f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")], EXIT_FAILED)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xci-cn")
+def main() -> None:
+    """Continuous delivery for cloud-native network functions on XCI scenarios.
+
+    Exit codes: 0 passed, 1 a stage or verification failed, 2 invalid input or
+    usage, 3 a tool or service is missing, 130/143 interrupted (SIGINT/SIGTERM).
+    """
+
+
+# -- scenarios ----------------------------------------------------------------------
+@main.group()
+def scenarios() -> None:
+    """List, show and (for a Gerrit change) detect scenarios."""
+
+
+@scenarios.command("list")
+@reports_errors
+def scenarios_list() -> None:
+    """List the bundled scenarios."""
+    from xci_cn.config.model import bundled_scenarios, load_scenario_file
+
+    for name, path in bundled_scenarios().items():
+        scenario = load_scenario_file(path)
+        click.echo(f"{name:24} {','.join(scenario.flavors):18} {scenario.installer:10} "
+                   f"{scenario.description}")
+
+
+@scenarios.command("show")
+@click.argument("name")
+@reports_errors
+def scenarios_show(name: str) -> None:
+    """Print a scenario (bundled name or file) after validating it."""
+    from xci_cn.config.model import load_scenario_file, resolve_scenario
+
+    path = resolve_scenario(name)
+    load_scenario_file(path)
+    click.echo(path.read_text(), nl=False)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@reports_errors
+def validate(file: Path) -> None:
+    """Validate a scenario file; print every problem as file:line: field: message."""
+    from xci_cn.config.model import load_scenario_file
+
+    scenario = load_scenario_file(file)
+    click.echo(f"{file}: valid scenario {scenario.name!r} with {len(scenario.stages)} stages")
+
+
+@main.command("stages")
+@reports_errors
+def stages_list() -> None:
+    """List the registered stage types."""
+    from xci_cn.pipeline.registry import stage_types
+
+    for name in stage_types().names():
+        click.echo(name)
+
+
+# -- run -----------------------------------------------------------------------------
+@main.command()
+@click.option("--scenario", "scenario_ref", envvar="DEPLOY_SCENARIO", default=DEFAULT_SCENARIO,
+              show_default=True, help="Bundled scenario name or scenario file [env DEPLOY_SCENARIO].")
+@click.option("--flavor", envvar="XCI_FLAVOR", default=DEFAULT_FLAVOR, show_default=True,
+              help="XCI flavor: aio, mini, noha, ha [env XCI_FLAVOR].")
+@click.option("--installer", envvar="INSTALLER_TYPE", default=None,
+              help="sandbox, existing or kubespray; default: the scenario's [env INSTALLER_TYPE].")
+@click.option("--distro", envvar="XCI_DISTRO", default="ubuntu", show_default=True,
+              help="[env XCI_DISTRO]")
+@click.option("--kubeconfig", envvar="KUBECONFIG", default=None,
+              help="Cluster for the 'existing' installer [env KUBECONFIG].")
+@click.option("--sandbox-name", envvar="XCI_CN_SANDBOX", default="xci-cn", show_default=True,
+              help="Name of the local sandbox cluster [env XCI_CN_SANDBOX].")
+@click.option("--stages", "selected", default=None, help="Comma-separated stages to run (others not run).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results"), show_default=True)
+@click.option("--resume", is_flag=True, help="Skip stages that passed in the previous run with the "
+                                             "same scenario and inputs.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; run nothing.")
+@click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Stages run at once at most.")
+@click.option("--retry-backoff", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              help="Seconds before the first retry; doubled for each further one.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only failures and the result.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print stage progress details.")
+@reports_errors
+def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kubeconfig: str | None,
+        sandbox_name: str, selected: str | None, results_dir: Path, resume: bool, dry_run: bool,
+        jobs: int, retry_backoff: float, quiet: bool, verbose: bool) -> None:
+    """Run a scenario's stage pipeline and write results for Jenkins."""
+    import os
+
+    from xci_cn.config.model import INSTALLERS, check_flavor, load_scenario_file, resolve_scenario
+    from xci_cn.pipeline.stage import RunInputs
+
+    scenario = load_scenario_file(resolve_scenario(scenario_ref))
+    check_flavor(scenario, flavor)
+    installer = installer or scenario.installer
+    if installer not in INSTALLERS:
+        raise InvalidInput(f"unknown installer {installer!r} (one of {', '.join(INSTALLERS)})")
+    stage_names = [s.name for s in scenario.stages]
+    chosen = None
+    if selected:
+        chosen = [s.strip() for s in selected.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in stage_names]
+        if unknown:
+            raise InvalidInput(f"--stages: unknown stage(s) {', '.join(unknown)} "
+                               f"(scenario has {', '.join(stage_names)})")
+    jenkins = {key: os.environ[key] for key in JENKINS_VARIABLES if os.environ.get(key)}
+    inputs = RunInputs(scenario=scenario.name, flavor=flavor, installer=installer, distro=distro,
+                       kubeconfig=kubeconfig, sandbox_name=sandbox_name, jenkins=jenkins)
+    if dry_run:
+        from xci_cn.pipeline.plan import levels
+
+        click.echo(f"scenario {scenario.name} ({scenario.source}) flavor={flavor} "
+                   f"installer={installer}")
+        for depth, names in enumerate(levels(scenario)):
+            marks = [f"{n}{' (always)' if scenario.stage(n).always else ''}" for n in names
+                     if chosen is None or n in chosen]
+            if marks:
+                click.echo(f"  {depth + 1}. {', '.join(marks)}")
+        return
+    sys.exit(_run_pipeline(scenario, inputs, results_dir, chosen, resume, jobs, retry_backoff,
+                           quiet, verbose))
+
+
+def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[str] | None,
+                  resume: bool, jobs: int, retry_backoff: float, quiet: bool, verbose: bool) -> int:
+    from xci_cn.console import PlainConsole
+    from xci_cn.errors import Interrupted
+    from xci_cn.pipeline.runner import Runner
+    from xci_cn.report import write_results
+    from xci_cn.secrets import redactor
+
+    redact = redactor()
+    redact.add_from_environment()
+    console = PlainConsole(quiet=quiet, verbose=verbose, redact=redact)
+    runner = Runner(scenario, inputs, results_dir, selected=chosen, resume=resume, jobs=jobs,
+                    retry_backoff=retry_backoff, on_transition=console.transition,
+                    progress=console.progress, redact=redact)
+    if runner.resumed_from:
+        console.line(f"resuming run {runner.resumed_from}: "
+                     f"{sum(r.resumed for r in runner.records)} stage(s) already passed")
+    console.line(f"run {runner.run_id}: scenario {scenario.name} flavor {inputs.flavor} "
+                 f"installer {inputs.installer} -> {results_dir}")
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        console.line(f"received {signal.Signals(signum).name}: cancelling; 'always' stages still run")
+        runner.abort(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = runner.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    write_results(result, results_dir)
+    failed = [r.name for r in result.records if r.status == "failed"]
+    console.line(f"result {result.status.upper()} in {result.duration:.1f}s"
+                 + (f"; failed: {', '.join(failed)}" if failed else "")
+                 + f"; results in {results_dir}")
+    if result.interrupted_by:
+        return Interrupted(result.interrupted_by).exit_code
+    return EXIT_FAILED if failed else 0
+
+
+
+# -- sandbox -------------------------------------------------------------------------
+@main.group()
+def sandbox() -> None:
+    """The local XCI sandbox: a real control plane with kwok-simulated nodes."""
+
+
+def _progress_printer(quiet: bool = False) -> Callable[[str], None]:
+    from xci_cn.console import now
+
+    def say(text: str) -> None:
+        if not quiet:
+            click.echo(f"{now()} {text}", err=True)
+
+    return say
+
+
+@sandbox.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even when the cache verifies.")
+@reports_errors
+def sandbox_build(force: bool) -> None:
+    """Build (or verify the cached) sandbox binaries and print their directory."""
+    from xci_cn.sandbox.binaries import ensure_binaries
+
+    binaries = ensure_binaries(progress=_progress_printer(), force=force)
+    click.echo(str(binaries.bin_dir))
+
+
+def _sandbox_log() -> Any:
+    import logging
+
+    log = logging.getLogger("xci_cn.sandbox.cli")
+    log.propagate = False
+    return log
+
+
+@sandbox.command("up")
+@click.option("--flavor", envvar="XCI_FLAVOR", default=DEFAULT_FLAVOR, show_default=True,
+              help="XCI flavor: aio, mini, noha, ha [env XCI_FLAVOR].")
+@click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@click.option("--api-port", type=click.IntRange(0, 65535), default=0,
+              help="Preferred API server port (another is chosen when it is taken).")
+@click.option("--no-istio", is_flag=True, help="Do not install Istio's CRDs.")
+@click.option("-q", "--quiet", is_flag=True)
+@reports_errors
+def sandbox_up(flavor: str, name: str, api_port: int, no_istio: bool, quiet: bool) -> None:
+    """Start a sandbox: real control plane, the flavor's nodes, Istio's CRDs."""
+    import time
+
+    from xci_cn.sandbox.cluster import up
+
+    started = time.monotonic()
+    result = up(name, flavor, istio=not no_istio, api_port=api_port, log=_sandbox_log(),
+                progress=_progress_printer(quiet))
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"sandbox {name} up in {time.monotonic() - started:.1f}s: flavor {flavor}, "
+               f"API {result.api_url}, kubeconfig {result.sandbox.kubeconfig}")
+
+
+@sandbox.command("down")
+@click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@reports_errors
+def sandbox_down(name: str) -> None:
+    """Stop a sandbox and delete its directory; nothing is left running."""
+    from xci_cn.sandbox.cluster import down
+
+    down(name, log=_sandbox_log())
+    click.echo(f"sandbox {name} removed")
+
+
+@sandbox.command("status")
+@click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@reports_errors
+def sandbox_status(name: str, as_json: bool) -> None:
+    """API URL, server version, nodes with roles and Ready state, Istio CRDs."""
+    import json
+
+    from xci_cn.sandbox.cluster import status
+
+    report = status(name)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"sandbox {name}: {'up' if report['up'] else 'DOWN'} (flavor {report['flavor']})")
+    click.echo(f"  API: {report['api_url']}  server: {report.get('server_version', '-')}")
+    click.echo(f"  kubeconfig: {report['kubeconfig']}")
+    for component, state in report["components"].items():
+        click.echo(f"  {component:24} pid {state['pid']:<8} {'running' if state['running'] else 'stopped'}")
+    for node in report.get("nodes", []):
+        click.echo(f"  node {node['name']:10} {','.join(node['roles']) or '-':24} "
+                   f"{'Ready' if node['ready'] else 'NotReady'}")
+    crds = report.get("istio_crds", [])
+    if report["up"]:
+        established = sum(c["established"] for c in crds)
+        click.echo(f"  Istio CRDs: {established}/{len(crds)} Established")
+    if not report["up"]:
+        sys.exit(EXIT_FAILED)
+
+
+@sandbox.command("kubeconfig")
+@click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@reports_errors
+def sandbox_kubeconfig(name: str) -> None:
+    """Print the path of the sandbox's kubeconfig (for scripts)."""
+    from xci_cn.sandbox.cluster import Sandbox, list_sandboxes
+
+    sandbox = Sandbox(name)
+    if not sandbox.kubeconfig.exists():
+        raise InvalidInput(f"there is no sandbox named {name!r} that is up (sandboxes: "
+                           f"{', '.join(list_sandboxes()) or 'none'})")
+    click.echo(str(sandbox.kubeconfig))
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+__all__ = ["main", "EXIT_INVALID_INPUT"]

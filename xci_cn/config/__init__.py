@@ -1,0 +1,1 @@
+"""Scenario files: YAML with line marks (loader) and validated models (model)."""

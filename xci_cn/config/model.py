@@ -1,0 +1,276 @@
+"""The validated scenario model: what a scenario file may say, and nothing else.
+
+``load_scenario`` is the single entry: YAML with line marks -> pydantic models
+-> per-stage-type option models -> DAG checks. Every problem is collected and
+reported as ``file:line: field: message`` before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from xci_cn.config.loader import LoadedYaml, Loc, format_loc, load_yaml_file
+from xci_cn.errors import ScenarioError
+from xci_cn.paths import SCENARIOS_DIR
+
+FLAVORS = ("aio", "mini", "noha", "ha")
+INSTALLERS = ("sandbox", "existing", "kubespray")
+Flavor = Literal["aio", "mini", "noha", "ha"]
+Installer = Literal["sandbox", "existing", "kubespray"]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``'1m30s'`` -> 90.0; plain numbers are seconds. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError(f"{value!r} is not a positive duration")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a duration")
+    text = value.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text) or total <= 0:
+        raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 5m, 1h30m)")
+    return total
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+STAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class StrictModel(BaseModel):
+    """Frozen, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Versions(StrictModel):
+    kubernetes: str | None = None
+    istio: str | None = None
+
+    @field_validator("kubernetes", "istio", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        # "1.30" written unquoted arrives as a float; keep the user's text.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+class StageSpec(StrictModel):
+    """One node of the stage DAG, as written in the scenario file."""
+
+    name: str = Field(description="Unique stage name: lower case, digits, '-' and '_'.")
+    type: str = Field(description="A registered stage type (see `xci-cn stages`).")
+    needs: list[str] = Field(default_factory=list, description="Stages that must pass first.")
+    timeout: Duration | None = Field(
+        default=None, description="Hard limit per attempt (e.g. 30s, 10m); the stage is cancelled."
+    )
+    retries: int = Field(default=0, ge=0, le=10, description="Extra attempts after a failure, with backoff.")
+    always: bool = Field(
+        default=False, description="Run even after an earlier failure or an abort (logs, teardown)."
+    )
+    with_: dict[str, Any] = Field(
+        default_factory=dict, alias="with", description="Options of the stage type."
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not STAGE_NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid stage name (lower case, digits, '-', '_')")
+        return value
+
+
+class Scenario(StrictModel):
+    """A deployable XCI scenario and its stage pipeline."""
+
+    name: str = Field(description="Scenario name, e.g. k8-nosdn-istio.")
+    description: str = Field(default="", description="Free text.")
+    installer: Installer = Field(default="sandbox", description="What the provision stage brings up.")
+    flavors: list[Flavor] = Field(
+        default_factory=lambda: list(FLAVORS), min_length=1, description="Supported XCI flavors."
+    )
+    versions: Versions = Field(default_factory=Versions, description="Pinned component versions.")
+    stages: list[StageSpec] = Field(min_length=1, description="The stage DAG.")
+
+    # Set by the loader, not by the file.
+    source: str = Field(default="", exclude=True)
+
+    def stage(self, name: str) -> StageSpec:
+        for spec in self.stages:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{given!r} is not one of {expected}"
+    msg = error["msg"]
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, "):]
+    msg = msg[0].lower() + msg[1:]
+    if kind not in ("too_short", "too_long") and not isinstance(given, dict | list):
+        msg += f" (got {given!r})"
+    return msg
+
+
+def _problems(loaded: LoadedYaml, exc: ValidationError, prefix: Loc = ()) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        loc = prefix + tuple(error["loc"])
+        # pydantic reports the alias-free name; the file says "with".
+        loc = tuple("with" if part == "with_" else part for part in loc)
+        problems.append(f"{loaded.path}:{loaded.line_of(loc)}: {format_loc(loc)}: {_message(error)}")
+    return problems
+
+
+def _dag_problems(loaded: LoadedYaml, scenario: Scenario) -> list[str]:
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    for index, spec in enumerate(scenario.stages):
+        if spec.name in names:
+            line = loaded.line_of(("stages", index, "name"))
+            problems.append(f"{loaded.path}:{line}: stages[{index}].name: duplicate stage {spec.name!r}")
+        names.setdefault(spec.name, index)
+    for index, spec in enumerate(scenario.stages):
+        for n, need in enumerate(spec.needs):
+            if need not in names:
+                line = loaded.line_of(("stages", index, "needs", n))
+                problems.append(f"{loaded.path}:{line}: stages[{index}].needs[{n}]: unknown stage {need!r}")
+            elif need == spec.name:
+                line = loaded.line_of(("stages", index, "needs", n))
+                problems.append(
+                    f"{loaded.path}:{line}: stages[{index}].needs[{n}]: a stage cannot need itself")
+    if problems:
+        return problems
+    cycle = find_cycle({s.name: list(s.needs) for s in scenario.stages})
+    if cycle:
+        index = names[cycle[0]]
+        line = loaded.line_of(("stages", index, "needs"))
+        problems.append(f"{loaded.path}:{line}: stages[{index}].needs: cycle {' -> '.join(cycle)}")
+    return problems
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A cycle in ``graph`` (node -> needs) as ``[a, b, a]``, or None."""
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def scenario_from_loaded(loaded: LoadedYaml) -> Scenario:
+    """Validate a parsed document into a Scenario, or raise ScenarioError with
+    every problem found."""
+    from xci_cn.pipeline.registry import stage_types
+
+    if not isinstance(loaded.data, dict):
+        kind = "empty" if loaded.data is None else type(loaded.data).__name__
+        raise ScenarioError([f"{loaded.path}:1: a scenario must be a mapping, this document is {kind}"])
+    try:
+        scenario = Scenario.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise ScenarioError(_problems(loaded, exc)) from None
+    problems: list[str] = []
+    registry = stage_types()
+    for index, spec in enumerate(scenario.stages):
+        stage_type = registry.get(spec.type)
+        if stage_type is None:
+            line = loaded.line_of(("stages", index, "type"))
+            known = ", ".join(sorted(registry.names()))
+            problems.append(f"{loaded.path}:{line}: stages[{index}].type: unknown stage type "
+                            f"{spec.type!r} (known: {known})")
+            continue
+        try:
+            stage_type.options_model.model_validate(spec.with_)
+        except ValidationError as exc:
+            problems.extend(_problems(loaded, exc, ("stages", index, "with")))
+    problems.extend(_dag_problems(loaded, scenario))
+    if problems:
+        raise ScenarioError(problems)
+    return scenario.model_copy(update={"source": loaded.path})
+
+
+def load_scenario_file(path: Path) -> Scenario:
+    """Load and fully validate a scenario file."""
+    return scenario_from_loaded(load_yaml_file(path))
+
+
+def bundled_scenarios() -> dict[str, Path]:
+    """Name -> file of the scenarios shipped with xci-cn."""
+    return {p.stem: p for p in sorted(SCENARIOS_DIR.glob("*.yaml"))}
+
+
+def resolve_scenario(ref: str) -> Path:
+    """A bundled scenario name, or a path to a scenario file."""
+    candidate = Path(ref)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists() or "/" in ref:
+        return candidate
+    bundled = bundled_scenarios()
+    if ref in bundled:
+        return bundled[ref]
+    from xci_cn.errors import InvalidInput
+
+    known = ", ".join(bundled) or "none"
+    raise InvalidInput(f"unknown scenario {ref!r} (bundled: {known}; or give a path to a .yaml file)")
+
+
+def check_flavor(scenario: Scenario, flavor: str) -> None:
+    """Refuse a flavor the scenario does not support, before anything runs."""
+    from xci_cn.errors import InvalidInput
+
+    if flavor not in FLAVORS:
+        raise InvalidInput(f"unknown flavor {flavor!r} (one of {', '.join(FLAVORS)})")
+    if flavor not in scenario.flavors:
+        raise InvalidInput(f"{scenario.source}: scenario {scenario.name!r} does not support flavor "
+                           f"{flavor!r} (supported: {', '.join(scenario.flavors)})")

@@ -1,0 +1,98 @@
+"""The one door to the Kubernetes API.
+
+Loads a kubeconfig into an isolated ApiClient (never the process-global
+default, never ~/.kube/config by accident) and translates the client's
+exceptions into xci-cn's errors once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from xci_cn.errors import EnvironmentProblem, InvalidInput, StageFailed, TemporaryError
+
+__all__ = ["ApiException", "Cluster", "connect", "k8s"]
+
+
+@dataclass
+class Cluster:
+    """A connected API client plus what it points at."""
+
+    api: k8s.ApiClient
+    kubeconfig: Path
+    server: str
+
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.api)
+
+    def apiextensions(self) -> k8s.ApiextensionsV1Api:
+        return k8s.ApiextensionsV1Api(self.api)
+
+    def version(self) -> str:
+        try:
+            info = k8s.VersionApi(self.api).get_code(_request_timeout=10)
+        except Exception as exc:  # noqa: BLE001 - translated below
+            raise translate(exc, f"API server {self.server}") from None
+        return info.git_version
+
+    def close(self) -> None:
+        self.api.close()
+
+
+def connect(kubeconfig: str | Path, context: str | None = None) -> Cluster:
+    """An ApiClient for ``kubeconfig``; bad files are InvalidInput naming them."""
+    path = Path(kubeconfig)
+    if not path.is_file():
+        raise InvalidInput(f"kubeconfig {path}: no such file")
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_kube_config(config_file=str(path), context=context,
+                                    client_configuration=configuration, persist_config=False)
+    except ConfigException as exc:
+        raise InvalidInput(f"kubeconfig {path}: {exc}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InvalidInput(f"kubeconfig {path}: not a usable kubeconfig ({type(exc).__name__}: {exc})") \
+            from None
+    except OSError as exc:
+        raise InvalidInput(f"kubeconfig {path}: {exc.strerror or exc}") from None
+    configuration.retries = False
+    return Cluster(k8s.ApiClient(configuration), path, configuration.host)
+
+
+def translate(exc: BaseException, what: str) -> Exception:
+    """Map a client exception to a project error (temporary when it may pass)."""
+    if isinstance(exc, ApiException):
+        reason = _api_message(exc)
+        if exc.status in (401,):
+            return InvalidInput(f"{what}: unauthorized (401): check the kubeconfig's credentials")
+        if exc.status == 403:
+            return StageFailed(f"{what}: forbidden (403): {reason}")
+        if exc.status in (429, 500, 502, 503, 504):
+            return TemporaryError(f"{what}: API server answered {exc.status}: {reason}")
+        return StageFailed(f"{what}: {exc.status} {reason}")
+    if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+        return EnvironmentProblem(f"{what}: unreachable ({type(exc).__name__}: {_short(exc)})")
+    return StageFailed(f"{what}: {type(exc).__name__}: {_short(exc)}")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 300 else text[:300] + "…"
+
+
+def _api_message(exc: ApiException) -> str:
+    import json
+
+    try:
+        body: Any = json.loads(exc.body or "{}")
+        return body.get("message") or exc.reason or ""
+    except (ValueError, AttributeError):
+        return exc.reason or ""

@@ -1,0 +1,185 @@
+"""What a stage type is and what it is given.
+
+A stage type has a ``name``, an ``options_model`` (pydantic, validated before
+anything runs) and ``run(ctx, options) -> outputs``. It never prints or exits:
+it logs to ``ctx.log``, reports checks with ``ctx.check`` and raises
+``xci_cn.errors.StageFailed`` (or a subclass) when it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from xci_cn.errors import StageFailed, TemporaryError
+
+
+class StageOptions(BaseModel):
+    """Base of every stage type's options: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class RunInputs:
+    """What the run was asked to do: the XCI/Jenkins contract, resolved."""
+
+    scenario: str
+    flavor: str
+    installer: str
+    distro: str = "ubuntu"
+    kubeconfig: str | None = None
+    sandbox_name: str = "xci-cn"
+    jenkins: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "flavor": self.flavor,
+            "installer": self.installer,
+            "distro": self.distro,
+            "kubeconfig": self.kubeconfig,
+            "sandbox_name": self.sandbox_name,
+            "jenkins": dict(self.jenkins),
+        }
+
+
+@dataclass
+class Check:
+    """One verdict a stage reports (a JUnit testcase of its own)."""
+
+    name: str
+    passed: bool
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Cancelled(StageFailed):
+    """The stage was cancelled (timeout or abort)."""
+
+    retryable = False
+
+
+@dataclass
+class StageContext:
+    """Everything a running stage may use."""
+
+    stage: str
+    attempt: int
+    inputs: RunInputs
+    scenario: Any  # xci_cn.config.model.Scenario (kept loose to avoid an import cycle)
+    results_dir: Path
+    log: logging.Logger
+    log_path: Path
+    cancel: threading.Event
+    needs_outputs: dict[str, dict[str, Any]]
+    all_outputs: dict[str, dict[str, Any]]
+    checks: list[Check] = field(default_factory=list)
+    progress: Any = None  # callable(str) for long steps; None when nobody listens
+
+    def check(self, name: str, passed: bool, message: str = "", **details: Any) -> Check:
+        """Record a verdict; failing checks do not raise by themselves."""
+        item = Check(name, passed, message, details)
+        self.checks.append(item)
+        self.log.info("check %s: %s%s", name, "passed" if passed else "FAILED",
+                      f" - {message}" if message else "")
+        return item
+
+    def report_progress(self, text: str) -> None:
+        self.log.info("%s", text)
+        if self.progress is not None:
+            self.progress(text)
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("cancelled")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep that wakes up (and raises) when the stage is cancelled."""
+        if self.cancel.wait(seconds):
+            raise Cancelled("cancelled")
+
+    def run_command(self, argv: list[str] | str, *, env: dict[str, str] | None = None,
+                    cwd: str | Path | None = None, shell: bool = False) -> int:
+        """Run a command with output into the stage log. On cancel the whole
+        process group is killed (TERM, then KILL), so no child outlives it."""
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        with open(self.log_path, "ab") as out:
+            proc = subprocess.Popen(
+                argv, shell=shell, env=full_env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+                executable="/bin/bash" if shell else None,
+            )
+            try:
+                while True:
+                    try:
+                        return proc.wait(timeout=0.1)
+                    except subprocess.TimeoutExpired:
+                        if self.cancel.is_set():
+                            kill_process_group(proc)
+                            raise Cancelled("cancelled") from None
+            except BaseException:
+                kill_process_group(proc)
+                raise
+
+
+def kill_process_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """TERM the process group of ``proc``, KILL it if it lingers."""
+    if proc.poll() is not None:
+        # The leader is gone, but children in its group may remain.
+        _signal_group(proc.pid, signal.SIGKILL)
+        return
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    _signal_group(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def find_kubeconfig(ctx: StageContext) -> str | None:
+    """The run's cluster: a kubeconfig output by a finished stage (provision),
+    else the one given to the run (``--kubeconfig``/``$KUBECONFIG``)."""
+    for outputs in ctx.all_outputs.values():
+        path = outputs.get("kubeconfig")
+        if path and Path(path).exists():
+            return str(path)
+    return ctx.inputs.kubeconfig
+
+
+class StageType(Protocol):
+    """A pluggable kind of stage."""
+
+    name: ClassVar[str]
+    options_model: ClassVar[type[StageOptions]]
+
+    def run(self, ctx: StageContext, options: Any) -> dict[str, Any]:
+        """Do the work; return JSON-serialisable outputs or raise StageFailed."""
+        ...
+
+
+__all__ = ["Cancelled", "Check", "RunInputs", "StageContext", "StageOptions", "StageType",
+           "TemporaryError", "kill_process_group"]

@@ -1,0 +1,37 @@
+"""``shell``: run a command with bash; a non-zero exit fails the stage."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from xci_cn.errors import StageFailed
+from xci_cn.pipeline.stage import StageContext, StageOptions
+
+
+class ShellOptions(StageOptions):
+    command: str = Field(description="Shell command, run with bash -e -o pipefail.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    cwd: str | None = Field(default=None, description="Working directory (default: the current one).")
+
+
+class ShellStage:
+    name: ClassVar[str] = "shell"
+    options_model: ClassVar[type[StageOptions]] = ShellOptions
+
+    def run(self, ctx: StageContext, options: ShellOptions) -> dict[str, Any]:
+        env = {
+            "XCI_CN_RESULTS_DIR": str(ctx.results_dir),
+            "XCI_CN_STAGE": ctx.stage,
+            "DEPLOY_SCENARIO": ctx.inputs.scenario,
+            "XCI_FLAVOR": ctx.inputs.flavor,
+            "INSTALLER_TYPE": ctx.inputs.installer,
+            **options.env,
+        }
+        ctx.log.info("$ %s", options.command)
+        code = ctx.run_command(["/bin/bash", "-e", "-o", "pipefail", "-c", options.command],
+                               env=env, cwd=options.cwd)
+        if code != 0:
+            raise StageFailed(f"command exited with status {code}: {options.command}")
+        return {"exit_code": code}
