@@ -155,6 +155,14 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
     installer = installer or scenario.installer
     if installer not in INSTALLERS:
         raise InvalidInput(f"unknown installer {installer!r} (one of {', '.join(INSTALLERS)})")
+    if installer == "existing":
+        # Pre-flight: a bad kubeconfig is the user's input; refuse it before
+        # anything runs (connect() reads it without touching the network).
+        if not kubeconfig:
+            raise InvalidInput("installer 'existing' needs a kubeconfig: --kubeconfig or $KUBECONFIG")
+        from xci_cn.k8s.client import connect
+
+        connect(kubeconfig).close()
     stage_names = [s.name for s in scenario.stages]
     chosen = None
     if selected:

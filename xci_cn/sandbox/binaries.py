@@ -182,19 +182,19 @@ class _GoBuilder:
         with open(log_path, "a") as log:
             log.write(f"$ go {' '.join(args)}\n")
             log.flush()
-            proc = subprocess.Popen([self.go, *args], cwd=cwd, env=self.env(), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-            assert proc.stdout is not None
             output, count, last = [], 0, 0.0
-            for line in proc.stdout:
-                log.write(line)
-                output.append(line)
-                count += 1
-                now = time.monotonic()
-                if now - last > 15:
-                    last = now
-                    self.say(f"{label}: {count} packages so far, {now - started:.0f}s")
-            code = proc.wait()
+            with subprocess.Popen([self.go, *args], cwd=cwd, env=self.env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) as proc:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    log.write(line)
+                    output.append(line)
+                    count += 1
+                    now = time.monotonic()
+                    if now - last > 15:
+                        last = now
+                        self.say(f"{label}: {count} packages so far, {now - started:.0f}s")
+                code = proc.wait()
         if code != 0:
             tail = "".join(output[-15:]).strip()
             raise EnvironmentProblem(f"'go {' '.join(args[:2])} …' for {label} failed "

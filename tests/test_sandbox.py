@@ -1,0 +1,163 @@
+"""The sandbox against its real components: bring-up, status, bad input,
+leaks, and the binary cache's verification."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.helpers import cli
+from tests.leaks import port_listening, processes_mentioning
+from xci_cn.sandbox import binaries
+
+
+def test_session_sandbox_is_a_real_api_server(sandbox: dict) -> None:
+    proc = cli("sandbox", "status", "--name", sandbox["name"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["up"] and report["server_version"] == "v1.36.3"
+    nodes = {n["name"]: n for n in report["nodes"]}
+    assert set(nodes) == {"opnfv", "master1", "node1"}
+    assert all(n["ready"] for n in nodes.values())
+    assert nodes["node1"]["roles"] == ["worker"] and nodes["master1"]["roles"] == ["control-plane"]
+    assert len(report["istio_crds"]) >= 10 and all(c["established"] for c in report["istio_crds"])
+    assert {c["name"] for c in report["istio_crds"]} >= {
+        "virtualservices.networking.istio.io", "destinationrules.networking.istio.io",
+        "gateways.networking.istio.io"}
+    assert urlparse(report["api_url"]).hostname == "127.0.0.1"
+    printed = cli("sandbox", "kubeconfig", "--name", sandbox["name"]).stdout.strip()
+    assert printed == str(sandbox["kubeconfig"])
+
+
+def test_every_component_listens_on_loopback_only(sandbox: dict) -> None:
+    from xci_cn.sandbox.cluster import Sandbox
+
+    pids = set(Sandbox(sandbox["name"]).running_components().values())
+    assert len(pids) == 5
+    listening = _listening_sockets_of(pids)
+    assert listening, "no listening sockets found for the sandbox's processes"
+    assert all(addr == "127.0.0.1" for addr, _ in listening), listening
+
+
+def test_istio_schema_is_enforced_by_the_real_api_server(sandbox: dict) -> None:
+    from xci_cn.k8s.client import ApiException, connect, k8s
+
+    cluster = connect(sandbox["kubeconfig"])
+    try:
+        api = k8s.CustomObjectsApi(cluster.api)
+        bad = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "bad"}, "spec": {"hosts": "not-a-list"}}
+        with pytest.raises(ApiException) as caught:
+            api.create_namespaced_custom_object("networking.istio.io", "v1", "default",
+                                                "virtualservices", bad, dry_run="All")
+        assert caught.value.status == 422 and "spec.hosts" in caught.value.body
+    finally:
+        cluster.close()
+
+
+def test_second_sandbox_up_down_leaves_nothing(sandbox: dict, isolated_sandbox_home: Path) -> None:
+    up = cli("sandbox", "up", "--name", "second", "--flavor", "aio", "-q")
+    assert up.returncode == 0, up.stderr
+    status = json.loads(cli("sandbox", "status", "--name", "second", "--json").stdout)
+    assert [n["name"] for n in status["nodes"]] == ["opnfv"]
+    port = urlparse(status["api_url"]).port
+    assert port != urlparse(sandbox["api_url"]).port
+    again = cli("sandbox", "up", "--name", "second", "--flavor", "aio")
+    assert again.returncode == 2
+    assert again.stderr.strip().startswith("xci-cn: sandbox 'second' is already up (flavor aio")
+    down = cli("sandbox", "down", "--name", "second")
+    assert down.returncode == 0, down.stderr
+    assert processes_mentioning(str(isolated_sandbox_home / "second")) == []
+    assert not port_listening(port)
+    assert not (isolated_sandbox_home / "second").exists()
+    gone = cli("sandbox", "down", "--name", "second")
+    assert gone.returncode == 2 and "there is no sandbox named 'second'" in gone.stderr
+    # The session sandbox was not touched.
+    assert json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)["up"]
+
+
+def test_taken_port_is_replaced_by_a_free_one(sandbox: dict) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        taken = blocker.getsockname()[1]
+        up = cli("sandbox", "up", "--name", "ported", "--flavor", "aio", "--api-port", str(taken), "-q")
+        try:
+            assert up.returncode == 0, up.stderr
+            assert f"port {taken} is taken" in up.stderr
+            status = json.loads(cli("sandbox", "status", "--name", "ported", "--json").stdout)
+            assert status["up"] and urlparse(status["api_url"]).port != taken
+        finally:
+            cli("sandbox", "down", "--name", "ported")
+
+
+def test_bad_input_is_one_line(sandbox: dict) -> None:
+    for args, text in [
+        (["sandbox", "up", "--flavor", "tiny", "--name", "x1"], "unknown flavor 'tiny'"),
+        (["sandbox", "up", "--name", "Bad_Name"], "sandbox name 'Bad_Name'"),
+        (["sandbox", "status", "--name", "nosuch"], "there is no sandbox named 'nosuch'"),
+        (["sandbox", "kubeconfig", "--name", "nosuch"], "there is no sandbox named 'nosuch'"),
+    ]:
+        proc = cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and text in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_corrupt_cached_binary_is_detected_and_rebuilt(tmp_path: Path, monkeypatch) -> None:
+    real = binaries.ensure_binaries()
+    cache = tmp_path / "cache"
+    copy = cache / "sandbox" / real.versions.key / "bin"
+    copy.mkdir(parents=True)
+    for item in real.bin_dir.iterdir():
+        if item.is_file():
+            shutil.copy2(item, copy / item.name)
+    monkeypatch.setenv("XCI_CN_CACHE", str(cache))
+    assert binaries.verify(copy) == []
+    with open(copy / "etcd", "r+b") as handle:  # truncate: a download or disk that gave up
+        handle.truncate(1024)
+    with open(copy / "kwokctl", "r+b") as handle:  # same size, flipped bytes
+        handle.seek(4096)
+        handle.write(b"\0garbage\0")
+    assert binaries.verify(copy) == ["etcd", "kwokctl"]
+    said: list[str] = []
+    rebuilt = binaries.ensure_binaries(progress=said.append)
+    assert rebuilt.bin_dir == copy
+    assert binaries.verify(copy) == []
+    assert any("building etcd" in line for line in said)
+    assert any("building kwok" in line for line in said)
+    assert not any("building kube-apiserver" in line for line in said)
+
+
+def _listening_sockets_of(pids: set[int]) -> list[tuple[str, int]]:
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.iterdir():
+            try:
+                target = fd.readlink()
+            except OSError:
+                continue
+            if str(target).startswith("socket:["):
+                inodes[str(target)[8:-1]] = pid
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # LISTEN
+                host_hex, port_hex = local.split(":")
+                out.append((_decode_host(host_hex), int(port_hex, 16)))
+    return out
+
+
+def _decode_host(host_hex: str) -> str:
+    if len(host_hex) == 8:
+        return socket.inet_ntoa(bytes.fromhex(host_hex)[::-1])
+    raw = bytes.fromhex(host_hex)
+    return socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
