@@ -206,8 +206,9 @@ def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[st
     if runner.resumed_from:
         console.line(f"resuming run {runner.resumed_from}: "
                      f"{sum(r.resumed for r in runner.records)} stage(s) already passed")
-    console.line(f"run {runner.run_id}: scenario {scenario.name} flavor {inputs.flavor} "
-                 f"installer {inputs.installer} -> {results_dir}")
+    if not quiet:
+        console.line(f"run {runner.run_id}: scenario {scenario.name} flavor {inputs.flavor} "
+                     f"installer {inputs.installer} -> {results_dir}")
 
     def on_signal(signum: int, _frame: Any) -> None:
         console.line(f"received {signal.Signals(signum).name}: cancelling; 'always' stages still run")
@@ -226,6 +227,8 @@ def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[st
                  + f"; results in {results_dir}")
     if result.interrupted_by:
         return Interrupted(result.interrupted_by).exit_code
+    if result.invalid_input:
+        return EXIT_INVALID_INPUT
     return EXIT_FAILED if failed else 0
 
 
@@ -342,6 +345,52 @@ def sandbox_kubeconfig(name: str) -> None:
         raise InvalidInput(f"there is no sandbox named {name!r} that is up (sandboxes: "
                            f"{', '.join(list_sandboxes()) or 'none'})")
     click.echo(str(sandbox.kubeconfig))
+
+# -- rollout -------------------------------------------------------------------------
+def _cluster_kubeconfig(kubeconfig: str | None, sandbox_name: str) -> str:
+    """--kubeconfig when given, else the named sandbox's."""
+    if kubeconfig:
+        return kubeconfig
+    from xci_cn.sandbox.cluster import Sandbox
+
+    sandbox = Sandbox(sandbox_name)
+    if not sandbox.kubeconfig.exists():
+        raise InvalidInput(f"no cluster: give --kubeconfig (or $KUBECONFIG), or bring up sandbox "
+                           f"{sandbox_name!r} with 'xci-cn sandbox up'")
+    return str(sandbox.kubeconfig)
+
+
+@main.group()
+def rollout() -> None:
+    """Promote, roll back or show a bluegreen/canary rollout."""
+
+
+def _rollout_command(action: str) -> Any:
+    @click.option("--namespace", "-n", required=True)
+    @click.option("--service", required=True, help="VirtualService/DestinationRule name.")
+    @click.option("--host", default=None, help="Route host (default <service>.<ns>.svc.cluster.local).")
+    @click.option("--kubeconfig", envvar="KUBECONFIG", default=None, help="[env KUBECONFIG]")
+    @click.option("--sandbox-name", envvar="XCI_CN_SANDBOX", default="xci-cn", show_default=True)
+    @reports_errors
+    def command(namespace: str, service: str, host: str | None, kubeconfig: str | None,
+                sandbox_name: str) -> None:
+        import json
+
+        from xci_cn.stages.rollout import run_rollout
+
+        result = run_rollout(_cluster_kubeconfig(kubeconfig, sandbox_name), action, namespace, service, host)
+        click.echo(json.dumps(result, indent=2))
+
+    command.__doc__ = {
+        "promote": "Make the canary the stable version (all traffic; old version scaled to 0).",
+        "rollback": "All traffic back to the stable version; read back what is stored.",
+        "status": "Show the stored route weights and rollout state.",
+    }[action]
+    return rollout.command(action)(command)
+
+
+for _action in ("promote", "rollback", "status"):
+    _rollout_command(_action)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

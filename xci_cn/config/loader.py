@@ -134,3 +134,30 @@ def read_text(path: Path) -> str:
 def load_yaml_file(path: Path) -> LoadedYaml:
     """Read and parse ``path``."""
     return load_yaml_text(read_text(path), str(path))
+
+
+def load_yaml_documents(text: str, path: str) -> list[LoadedYaml]:
+    """Every document of a multi-document YAML text (empty ones dropped),
+    with the same defences as ``load_yaml_text``; the node budget is shared."""
+    loader = yaml.SafeLoader(text)
+    documents: list[LoadedYaml] = []
+    walker = _Walker(path, loader)
+    try:
+        while loader.check_node():
+            root = loader.get_node()
+            if root is None:
+                continue
+            walker.lines = {(): root.start_mark.line + 1}
+            data = walker.walk(root, ())
+            if data is not None:
+                documents.append(LoadedYaml(path, data, walker.lines))
+        return documents
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ScenarioError([f"{path}:{line}: invalid YAML: {problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError([f"{path}:1: invalid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()

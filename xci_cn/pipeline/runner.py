@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from xci_cn.config.model import Scenario, StageSpec
-from xci_cn.errors import StageFailed, XciCnError
+from xci_cn.errors import InvalidInput, StageFailed, XciCnError
 from xci_cn.pipeline.registry import StageRegistry, stage_types
 from xci_cn.pipeline.stage import Cancelled, RunInputs, StageContext
 from xci_cn.pipeline.state import (
@@ -57,6 +57,12 @@ class RunResult:
     duration: float
     interrupted_by: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def invalid_input(self) -> bool:
+        """A stage failed because of the user's input (a manifest the API
+        server rejects, a bad kubeconfig): the run exits 2, not 1."""
+        return any(r.status == FAILED and r.invalid_input for r in self.records)
 
     @property
     def status(self) -> str:
@@ -312,6 +318,7 @@ class Runner:
                 )
                 error, retryable, outputs = self._attempt(stage_type, ctx, options, spec, log)
                 attempt.duration = time.time() - attempt.started
+                record.invalid_input = ctx.invalid_input
                 record.checks = [
                     {"name": c.name, "passed": c.passed, "message": c.message, "details": c.details}
                     for c in ctx.checks
@@ -382,6 +389,9 @@ class Runner:
             return "cancelled: the run was interrupted", False, {}
         if isinstance(exc, StageFailed):
             return str(exc), exc.retryable, {}
+        if isinstance(exc, InvalidInput):
+            ctx.invalid_input = True
+            return "; ".join(exc.lines()), False, {}
         if isinstance(exc, XciCnError):
             return str(exc), False, {}
         log.error("unexpected error\n%s", "".join(traceback.format_exception(exc)))

@@ -85,6 +85,7 @@ class StageContext:
     all_outputs: dict[str, dict[str, Any]]
     checks: list[Check] = field(default_factory=list)
     progress: Any = None  # callable(str) for long steps; None when nobody listens
+    invalid_input: bool = False  # set by the runner when the stage failed on InvalidInput
 
     def check(self, name: str, passed: bool, message: str = "", **details: Any) -> Check:
         """Record a verdict; failing checks do not raise by themselves."""

@@ -45,6 +45,7 @@ class StageRecord:
     history: list[AttemptRecord] = field(default_factory=list)
     fingerprint: str = ""
     resumed: bool = False
+    invalid_input: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageRecord:

@@ -1,0 +1,232 @@
+"""Pre-flight and server-side apply of a manifest set.
+
+``preflight`` finds every problem before anything is written: kinds the
+cluster does not serve (with the replacement for APIs Kubernetes removed),
+and schema errors from a server-side dry-run against the real API server
+(Istio's CRD schemas included). ``apply`` writes namespaces and CRDs first,
+then everything else, with field manager ``xci-cn``, and says per object
+whether it was created, configured or unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from xci_cn.errors import ScenarioError
+from xci_cn.k8s.client import ApiException, translate
+from xci_cn.k8s.health import Target, wait_healthy
+from xci_cn.k8s.manifests import KIND_ORDER, Manifest, ManifestSet
+from xci_cn.k8s.resources import FIELD_MANAGER, ResourceInfo, Resources
+
+# (apiVersion, kind) -> the API to use instead, for APIs Kubernetes removed.
+_WORKLOADS = ("Deployment", "DaemonSet", "ReplicaSet", "StatefulSet")
+REMOVED_APIS: dict[tuple[str, str], str] = {
+    **{("extensions/v1beta1", k): "apps/v1" for k in _WORKLOADS},
+    **{("apps/v1beta1", k): "apps/v1" for k in _WORKLOADS},
+    **{("apps/v1beta2", k): "apps/v1" for k in _WORKLOADS},
+    ("extensions/v1beta1", "Ingress"): "networking.k8s.io/v1",
+    ("extensions/v1beta1", "NetworkPolicy"): "networking.k8s.io/v1",
+    ("extensions/v1beta1", "PodSecurityPolicy"): "Pod Security Admission (PodSecurityPolicy was removed)",
+    ("policy/v1beta1", "PodSecurityPolicy"): "Pod Security Admission (PodSecurityPolicy was removed)",
+    ("networking.k8s.io/v1beta1", "Ingress"): "networking.k8s.io/v1",
+    ("networking.k8s.io/v1beta1", "IngressClass"): "networking.k8s.io/v1",
+    ("batch/v1beta1", "CronJob"): "batch/v1",
+    ("policy/v1beta1", "PodDisruptionBudget"): "policy/v1",
+    ("autoscaling/v2beta1", "HorizontalPodAutoscaler"): "autoscaling/v2",
+    ("autoscaling/v2beta2", "HorizontalPodAutoscaler"): "autoscaling/v2",
+    ("apiextensions.k8s.io/v1beta1", "CustomResourceDefinition"): "apiextensions.k8s.io/v1",
+    ("discovery.k8s.io/v1beta1", "EndpointSlice"): "discovery.k8s.io/v1",
+    ("scheduling.k8s.io/v1beta1", "PriorityClass"): "scheduling.k8s.io/v1",
+    ("coordination.k8s.io/v1beta1", "Lease"): "coordination.k8s.io/v1",
+    **{("rbac.authorization.k8s.io/v1beta1", k): "rbac.authorization.k8s.io/v1"
+       for k in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")},
+    **{("storage.k8s.io/v1beta1", k): "storage.k8s.io/v1"
+       for k in ("StorageClass", "CSIDriver", "CSINode", "VolumeAttachment")},
+    **{("admissionregistration.k8s.io/v1beta1", k): "admissionregistration.k8s.io/v1"
+       for k in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")},
+}
+
+
+def removed_api_problem(manifest: Manifest) -> str | None:
+    """The offline check: an API Kubernetes removed, with what to use."""
+    replacement = REMOVED_APIS.get((manifest.api_version, manifest.kind))
+    if replacement is None:
+        return None
+    return (f"{manifest.where()}: apiVersion {manifest.api_version} of {manifest.kind} was removed "
+            f"from Kubernetes; use {replacement}")
+
+
+@dataclass
+class Applied:
+    kind: str
+    name: str
+    namespace: str | None
+    action: str  # created | configured | unchanged
+    resource_version: str
+    generation: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "namespace": self.namespace, "action": self.action,
+                "resource_version": self.resource_version, "generation": self.generation}
+
+
+class Applier:
+    """Validates and applies manifest sets through one Resources handle."""
+
+    def __init__(self, resources: Resources, *, field_manager: str = FIELD_MANAGER, workers: int = 8):
+        self.resources = resources
+        self.field_manager = field_manager
+        self.workers = workers
+
+    # -- pre-flight ---------------------------------------------------------------------
+    def preflight(self, manifests: ManifestSet) -> dict[int, ResourceInfo | None]:
+        """Resolve every manifest against the cluster and dry-run it; raise
+        ScenarioError with one line per problem. Returns id(manifest) -> info
+        (None for objects of a CRD defined in the same set)."""
+        problems: list[str] = []
+        infos: dict[int, ResourceInfo | None] = {}
+        set_crds = _crds_in(manifests)
+        for manifest in manifests.manifests:
+            info = self.resources.lookup(manifest.api_version, manifest.kind)
+            if info is None:
+                if (manifest.api_version, manifest.kind) in set_crds:
+                    infos[id(manifest)] = None
+                    continue
+                problems.append(removed_api_problem(manifest) or (
+                    f"{manifest.where()}: kind {manifest.kind} is not served by the cluster in apiVersion "
+                    f"{manifest.api_version} (unknown kind, or its CRD is not installed)"))
+                continue
+            if not info.namespaced:
+                manifest.body["metadata"].pop("namespace", None)
+            elif not manifest.namespace:
+                problems.append(f"{manifest.where()}: namespaced kind without metadata.namespace "
+                                "(set it, or give the deploy stage a namespace)")
+                continue
+            infos[id(manifest)] = info
+        if problems:
+            raise ScenarioError(problems)
+        existing = self._existing_namespaces()
+        checks = [(m, infos[id(m)]) for m in manifests.manifests if infos.get(id(m)) is not None]
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dry-run") as pool:
+            for problem in pool.map(lambda pair: self._dry_run(pair[0], pair[1], existing), checks):
+                if problem:
+                    problems.append(problem)
+        if problems:
+            raise ScenarioError(problems)
+        return infos
+
+    def _existing_namespaces(self) -> set[str]:
+        info = self.resources.lookup("v1", "Namespace")
+        assert info is not None
+        try:
+            listing = self.resources.list(info, None)
+        except Exception as exc:  # noqa: BLE001 - translated
+            raise translate(exc, "listing namespaces") from None
+        return {item["metadata"]["name"] for item in listing.get("items", [])}
+
+    def _dry_run(self, manifest: Manifest, info: ResourceInfo, existing: set[str]) -> str | None:
+        body = copy.deepcopy(manifest.body)
+        if info.namespaced and manifest.namespace not in existing:
+            # The namespace comes with this set and does not exist yet: the
+            # schema does not depend on it, so validate in 'default'.
+            body["metadata"]["namespace"] = "default"
+        try:
+            self.resources.apply(info, body, dry_run=True, field_manager=self.field_manager)
+        except ApiException as exc:
+            if _rejects_input(exc):
+                return f"{manifest.where()}: rejected by the API server: {_server_message(exc)}"
+            raise translate(exc, f"dry-run of {manifest.ref()}") from None
+        except Exception as exc:  # noqa: BLE001 - translated
+            raise translate(exc, f"dry-run of {manifest.ref()}") from None
+        return None
+
+    # -- apply ----------------------------------------------------------------------------
+    def apply(self, manifests: ManifestSet, infos: dict[int, ResourceInfo | None],
+              cancel: threading.Event | None = None, crd_timeout: float = 60) -> list[Applied]:
+        ordered = manifests.ordered()
+        first = [m for m in ordered if m.kind in ("Namespace", "CustomResourceDefinition")]
+        results: list[Applied] = [self._apply_one(m, infos[id(m)]) for m in first]  # type: ignore[arg-type]
+        crds = [m for m in first if m.kind == "CustomResourceDefinition"]
+        if crds:
+            crd_info = self.resources.lookup("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+            assert crd_info is not None
+            wait_healthy(self.resources, [Target(crd_info, None, m.name) for m in crds],
+                         time.monotonic() + crd_timeout, cancel)
+            for manifest in manifests.manifests:
+                if infos.get(id(manifest)) is None:
+                    self.resources.forget(manifest.api_version)
+                    infos[id(manifest)] = self.resources.lookup(manifest.api_version, manifest.kind)
+        rest = [m for m in ordered if m.kind not in ("Namespace", "CustomResourceDefinition")]
+        # Within one rank of KIND_ORDER objects do not depend on each other:
+        # apply them in parallel; ranks go one after the other.
+        ranks: dict[int, list[Manifest]] = {}
+        for manifest in rest:
+            rank = KIND_ORDER.index(manifest.kind) if manifest.kind in KIND_ORDER else len(KIND_ORDER)
+            ranks.setdefault(rank, []).append(manifest)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="apply") as pool:
+            for rank in sorted(ranks):
+                if cancel is not None and cancel.is_set():
+                    break
+                results.extend(pool.map(lambda m: self._apply_one(m, infos[id(m)]), ranks[rank]))
+        return results
+
+    def _apply_one(self, manifest: Manifest, info: ResourceInfo | None) -> Applied:
+        if info is None:
+            raise ScenarioError([f"{manifest.where()}: kind {manifest.kind} is still not served after "
+                                 "its CRD was applied"])
+        try:
+            before = self.resources.get(info, manifest.name, manifest.namespace)
+            stored = self.resources.apply(info, manifest.body, field_manager=self.field_manager)
+        except ApiException as exc:
+            if _rejects_input(exc):
+                raise ScenarioError([f"{manifest.where()}: rejected by the API server: "
+                                     f"{_server_message(exc)}"]) from None
+            raise translate(exc, f"applying {manifest.ref()}") from None
+        except Exception as exc:  # noqa: BLE001 - translated
+            raise translate(exc, f"applying {manifest.ref()}") from None
+        meta = stored["metadata"]
+        if before is None:
+            action = "created"
+        elif before["metadata"]["resourceVersion"] == meta["resourceVersion"]:
+            action = "unchanged"
+        else:
+            action = "configured"
+        return Applied(manifest.kind, manifest.name, meta.get("namespace"), action, meta["resourceVersion"],
+                       meta.get("generation"))
+
+
+def _crds_in(manifests: ManifestSet) -> set[tuple[str, str]]:
+    out = set()
+    for manifest in manifests.manifests:
+        if manifest.kind != "CustomResourceDefinition":
+            continue
+        spec = manifest.body.get("spec") or {}
+        kind = (spec.get("names") or {}).get("kind")
+        for version in spec.get("versions") or []:
+            out.add((f"{spec.get('group')}/{version.get('name')}", kind))
+    return out
+
+
+def _rejects_input(exc: ApiException) -> bool:
+    """The API server refused the object itself (not a permission or an outage).
+    Server-side apply reports a value of the wrong type as a 500 'failed to
+    create typed patch object' — still the manifest's fault."""
+    if exc.status in (400, 404, 409, 422):
+        return True
+    return exc.status == 500 and "failed to create typed patch object" in (exc.body or "")
+
+
+def _server_message(exc: ApiException) -> str:
+    import json
+
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        return exc.reason or str(exc.status)
+    message = body.get("message") or exc.reason or ""
+    return " ".join(message.split())

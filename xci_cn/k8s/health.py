@@ -1,0 +1,276 @@
+"""Health of stored objects, in the style of Argo CD's rules.
+
+``assess(obj)`` is a pure function of one object as the API server returns
+it: Healthy, Progressing or Degraded, with a reason a person can act on.
+``wait_healthy`` watches (never sleep-polls) many objects at once until all
+are Healthy, one is Degraded, or the one overall deadline passes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from xci_cn.k8s.resources import ResourceInfo, Resources
+
+HEALTHY, PROGRESSING, DEGRADED = "Healthy", "Progressing", "Degraded"
+
+
+@dataclass
+class Health:
+    status: str
+    message: str = ""
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def _generation_observed(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    return status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
+
+
+def _deployment(obj: dict[str, Any]) -> Health:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if spec.get("paused"):
+        return Health(PROGRESSING, "rollout is paused")
+    conditions = _conditions(obj)
+    progressing = conditions.get("Progressing", {})
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return Health(DEGRADED, f"ProgressDeadlineExceeded: {progressing.get('message', '')}".strip())
+    if not _generation_observed(obj):
+        return Health(PROGRESSING, "waiting for the controller to observe the new generation")
+    desired = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    total = status.get("replicas", 0)
+    available = status.get("availableReplicas", 0)
+    if updated < desired:
+        return Health(PROGRESSING, f"{updated} of {desired} replicas updated")
+    if total > updated:
+        return Health(PROGRESSING, f"{total - updated} old replicas pending termination")
+    if available < updated:
+        return Health(PROGRESSING, f"{available} of {updated} updated replicas available")
+    return Health(HEALTHY, f"{available}/{desired} available")
+
+
+def _statefulset(obj: dict[str, Any]) -> Health:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if not _generation_observed(obj):
+        return Health(PROGRESSING, "waiting for the controller to observe the new generation")
+    desired = spec.get("replicas", 1)
+    ready = status.get("readyReplicas", 0)
+    if ready < desired:
+        return Health(PROGRESSING, f"{ready} of {desired} replicas ready")
+    strategy = (spec.get("updateStrategy") or {}).get("type", "RollingUpdate")
+    if strategy == "RollingUpdate" and status.get("updateRevision") != status.get("currentRevision"):
+        return Health(PROGRESSING, f"{status.get('updatedReplicas', 0)} of {desired} replicas updated")
+    return Health(HEALTHY, f"{ready}/{desired} ready")
+
+
+def _daemonset(obj: dict[str, Any]) -> Health:
+    status = obj.get("status") or {}
+    if not _generation_observed(obj):
+        return Health(PROGRESSING, "waiting for the controller to observe the new generation")
+    desired = status.get("desiredNumberScheduled", 0)
+    updated = status.get("updatedNumberScheduled", 0)
+    available = status.get("numberAvailable", 0)
+    if updated < desired:
+        return Health(PROGRESSING, f"{updated} of {desired} pods updated")
+    if available < desired:
+        return Health(PROGRESSING, f"{available} of {desired} pods available")
+    return Health(HEALTHY, f"{available}/{desired} available")
+
+
+def _job(obj: dict[str, Any]) -> Health:
+    conditions = _conditions(obj)
+    if conditions.get("Failed", {}).get("status") == "True":
+        return Health(DEGRADED, f"failed: {conditions['Failed'].get('message', '')}".strip())
+    if conditions.get("Complete", {}).get("status") == "True":
+        return Health(HEALTHY, "complete")
+    return Health(PROGRESSING, "running")
+
+
+def _service(obj: dict[str, Any]) -> Health:
+    spec = obj.get("spec") or {}
+    if spec.get("type") == "LoadBalancer":
+        ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+        if not ingress:
+            return Health(PROGRESSING, "waiting for a load-balancer address")
+    return Health(HEALTHY)
+
+
+def _pod(obj: dict[str, Any]) -> Health:
+    status = obj.get("status") or {}
+    phase = status.get("phase")
+    if phase == "Failed":
+        return Health(DEGRADED, status.get("message") or "pod failed")
+    if phase == "Succeeded":
+        return Health(HEALTHY, "succeeded")
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull",
+                                      "CreateContainerConfigError", "InvalidImageName"):
+            return Health(DEGRADED, f"container {container.get('name')}: {waiting['reason']}")
+    if _conditions(obj).get("Ready", {}).get("status") == "True":
+        return Health(HEALTHY, "ready")
+    return Health(PROGRESSING, f"phase {phase or 'Pending'}")
+
+
+def _crd(obj: dict[str, Any]) -> Health:
+    if _conditions(obj).get("Established", {}).get("status") == "True":
+        return Health(HEALTHY, "established")
+    return Health(PROGRESSING, "not established yet")
+
+
+RULES = {
+    ("apps", "Deployment"): _deployment,
+    ("apps", "StatefulSet"): _statefulset,
+    ("apps", "DaemonSet"): _daemonset,
+    ("batch", "Job"): _job,
+    ("", "Service"): _service,
+    ("", "Pod"): _pod,
+    ("apiextensions.k8s.io", "CustomResourceDefinition"): _crd,
+}
+
+
+def needs_waiting(api_version: str, kind: str) -> bool:
+    group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+    return (group, kind) in RULES
+
+
+def assess(obj: dict[str, Any]) -> Health:
+    """Health of one object; kinds without a rule (ConfigMap, Istio's
+    VirtualService, Gateway …) are Healthy once the API server stored them."""
+    api_version = obj.get("apiVersion", "")
+    group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+    rule = RULES.get((group, obj.get("kind", "")))
+    return rule(obj) if rule else Health(HEALTHY, "stored")
+
+
+@dataclass
+class Target:
+    info: ResourceInfo
+    namespace: str | None
+    name: str
+    health: Health = field(default_factory=lambda: Health(PROGRESSING, "not seen yet"))
+    last: dict[str, Any] | None = None
+
+    def ref(self) -> str:
+        namespace = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.info.kind} {namespace}{self.name}"
+
+
+@dataclass
+class WaitResult:
+    targets: list[Target]
+    elapsed: float
+
+    @property
+    def not_healthy(self) -> list[Target]:
+        return [t for t in self.targets if t.health.status != HEALTHY]
+
+    @property
+    def degraded(self) -> list[Target]:
+        return [t for t in self.targets if t.health.status == DEGRADED]
+
+
+def wait_healthy(resources: Resources, targets: list[Target], deadline: float,
+                 cancel: threading.Event | None = None) -> WaitResult:
+    """Watch every target's kind/namespace until all are Healthy, one is
+    Degraded, or ``deadline`` (time.monotonic) passes. One thread per watched
+    collection; each re-lists only when its watch expires (resource versions
+    too old), never on a timer."""
+    started = time.monotonic()
+    groups: dict[tuple[ResourceInfo, str | None], dict[str, Target]] = defaultdict(dict)
+    for target in targets:
+        groups[(target.info, target.namespace)][target.name] = target
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def done() -> bool:
+        return stop.is_set() or (cancel is not None and cancel.is_set()) or time.monotonic() >= deadline
+
+    def follow(info: ResourceInfo, namespace: str | None, wanted: dict[str, Target]) -> None:
+        try:
+            while not done():
+                listing = resources.list(info, namespace)
+                for item in listing.get("items", []):
+                    item.setdefault("apiVersion", info.group_version)
+                    item.setdefault("kind", info.kind)
+                    target = wanted.get(item["metadata"]["name"])
+                    if target is not None:
+                        target.last, target.health = item, assess(item)
+                if _settled(wanted.values()):
+                    return
+                version = listing["metadata"]["resourceVersion"]
+                while not done():
+                    window = min(5.0, max(1.0, deadline - time.monotonic()))  # wake for cancel/deadline
+                    expired = False
+                    for kind, obj in resources.watch(info, namespace, version, int(window)):
+                        if kind == "ERROR":
+                            expired = True  # 410 Gone: list again
+                            break
+                        version = obj["metadata"].get("resourceVersion", version)
+                        if kind == "BOOKMARK":
+                            continue
+                        target = wanted.get(obj["metadata"].get("name"))
+                        if target is None:
+                            continue
+                        obj.setdefault("apiVersion", info.group_version)
+                        obj.setdefault("kind", info.kind)
+                        if kind == "DELETED":
+                            target.last, target.health = None, Health(PROGRESSING, "deleted")
+                        else:
+                            target.last, target.health = obj, assess(obj)
+                        if _settled(wanted.values()) or done():
+                            return
+                    if expired:
+                        break
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
+            errors.append(exc)
+        finally:
+            if any(t.health.status == DEGRADED for t in wanted.values()):
+                stop.set()
+
+    threads = [threading.Thread(target=follow, args=(info, ns, wanted), daemon=True,
+                                name=f"watch-{info.kind}-{ns}")
+               for (info, ns), wanted in groups.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return WaitResult(targets, time.monotonic() - started)
+
+
+def _settled(targets: Any) -> bool:
+    return all(t.health.status == HEALTHY for t in targets) or any(
+        t.health.status == DEGRADED for t in targets)
+
+
+def explain(resources: Resources, target: Target, events: int = 3) -> str:
+    """Why a target is not ready: its health, conditions and recent events."""
+    parts = [f"{target.ref()}: {target.health.status}: {target.health.message}"]
+    conditions = (target.last or {}).get("status", {}) or {}
+    for condition in conditions.get("conditions") or []:
+        if condition.get("status") != "True" or condition.get("type") in ("Progressing",):
+            parts.append(f"condition {condition.get('type')}={condition.get('status')} "
+                         f"{condition.get('reason', '')}: {condition.get('message', '')}".rstrip(": "))
+    if target.namespace:
+        info = resources.lookup("v1", "Event")
+        if info is not None:
+            try:
+                listing = resources.list(info, target.namespace,
+                                         field_selector=f"involvedObject.name={target.name}")
+                items = sorted(listing.get("items", []),
+                               key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+                for event in items[-events:]:
+                    parts.append(f"event {event.get('reason')}: {event.get('message')}")
+            except Exception:  # noqa: BLE001 - the explanation must not hide the timeout
+                pass
+    return "; ".join(parts)

@@ -1,0 +1,97 @@
+"""What every strategy shares: apply a manifest set, wait until it is
+healthy, and record what happened."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from xci_cn.errors import StageFailed, TemporaryError
+from xci_cn.k8s.apply import Applied, Applier
+from xci_cn.k8s.health import Target, explain, needs_waiting, wait_healthy
+from xci_cn.k8s.istio import RolloutTarget
+from xci_cn.k8s.manifests import ManifestSet
+from xci_cn.k8s.resources import Resources
+
+# Called between canary steps (and after a blue/green switch) with the step
+# record; raising PermanentError there rolls the rollout back.
+StepHook = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class DeployPlan:
+    manifests: ManifestSet
+    strategy: str
+    target: RolloutTarget | None = None
+    stable: str | None = None
+    canary: str | None = None
+    steps: list[int] = field(default_factory=lambda: [10, 25, 50, 100])
+    mirror: float | None = None
+    timeout: float = 300.0
+
+
+@dataclass
+class DeployRecord:
+    """What a deploy did, for summary.json and the report."""
+
+    applied: list[Applied] = field(default_factory=list)
+    ready_seconds: float = 0.0
+    revisions: dict[str, str] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    rollout: dict[str, Any] | None = None
+
+    def as_outputs(self) -> dict[str, Any]:
+        counts: dict[str, int] = {"created": 0, "configured": 0, "unchanged": 0}
+        for item in self.applied:
+            counts[item.action] = counts.get(item.action, 0) + 1
+        return {"applied": [a.as_dict() for a in self.applied], "counts": counts,
+                "ready_seconds": round(self.ready_seconds, 3), "revisions": self.revisions,
+                "steps": self.steps, "rollout": self.rollout}
+
+
+class Engine:
+    """Applies and waits; strategies call it."""
+
+    def __init__(self, resources: Resources, log: logging.Logger, cancel: threading.Event,
+                 progress: Callable[[str], None] | None = None):
+        self.resources = resources
+        self.log = log
+        self.cancel = cancel
+        self.say = progress or (lambda text: log.info("%s", text))
+        self.applier = Applier(resources)
+
+    def apply_and_wait(self, manifests: ManifestSet, timeout: float, record: DeployRecord) -> None:
+        started = time.monotonic()
+        infos = self.applier.preflight(manifests)
+        self.say(f"pre-flight passed: {len(manifests.manifests)} objects")
+        record.applied = self.applier.apply(manifests, infos, self.cancel)
+        counts = DeployRecord(applied=record.applied).as_outputs()["counts"]
+        self.say("applied: " + ", ".join(f"{n} {a}" for a, n in counts.items() if n))
+        for item in record.applied:
+            self.log.info("%s %s/%s %s", item.kind, item.namespace or "-", item.name, item.action)
+        targets = [Target(infos[id(m)], m.namespace, m.name) for m in manifests.manifests
+                   if needs_waiting(m.api_version, m.kind) and infos.get(id(m)) is not None]
+        deadline = started + timeout
+        result = wait_healthy(self.resources, targets, deadline, self.cancel)
+        self.cancel_check()
+        if result.degraded:
+            raise StageFailed("degraded: " + " | ".join(explain(self.resources, t) for t in result.degraded))
+        if result.not_healthy:
+            reasons = " | ".join(explain(self.resources, t) for t in result.not_healthy[:10])
+            more = len(result.not_healthy) - 10
+            raise TemporaryError(f"{len(result.not_healthy)} object(s) not ready after {timeout:g}s: "
+                                 f"{reasons}{f' (+{more} more)' if more > 0 else ''}")
+        record.ready_seconds = time.monotonic() - started
+        record.revisions = {t.name: (t.last or {}).get("metadata", {}).get("annotations", {}).get(
+            "deployment.kubernetes.io/revision", "") for t in targets if t.info.kind == "Deployment"}
+        self.say(f"{len(targets)} workload(s) healthy in {record.ready_seconds:.1f}s")
+
+    def cancel_check(self) -> None:
+        if self.cancel.is_set():
+            from xci_cn.pipeline.stage import Cancelled
+
+            raise Cancelled("cancelled")

@@ -1,0 +1,33 @@
+"""Blue/green: the new version runs beside the old; all traffic switches at
+once; the old version stays (scaled up) until promotion, for rollback."""
+
+from __future__ import annotations
+
+from xci_cn.errors import PermanentError
+from xci_cn.k8s.istio import RolloutState, Router, now_iso
+from xci_cn.k8s.strategies.base import DeployPlan, DeployRecord, Engine, StepHook
+from xci_cn.k8s.strategies.lifecycle import rollback
+
+
+def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> DeployRecord:
+    assert plan.target and plan.stable and plan.canary
+    record = DeployRecord()
+    engine.apply_and_wait(plan.manifests, plan.timeout, record)
+    router = Router(engine.resources, plan.target)
+    router.require_subsets(plan.stable, plan.canary)
+    state = RolloutState("bluegreen", plan.stable, plan.canary, "switched")
+    weights = {plan.stable: 0, plan.canary: 100}
+    step = {"step": 1, "weights": weights, "at": now_iso(), "action": "switch"}
+    state.steps.append(step)
+    router.set_weights(weights, state)
+    record.steps.append(step)
+    engine.say(f"blue/green: switched all traffic from {plan.stable} to {plan.canary}")
+    if hook is not None:
+        try:
+            hook(step)
+        except PermanentError as exc:
+            result = rollback(router, reason=str(exc))
+            record.steps.append(result["step"])
+            raise PermanentError(f"blue/green switch to {plan.canary} rolled back: {exc}") from None
+    record.rollout = state.as_dict()
+    return record

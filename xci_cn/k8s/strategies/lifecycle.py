@@ -1,0 +1,66 @@
+"""Promote and rollback, shared by the strategies, the ``rollout`` stage
+type and ``xci-cn rollout``. A rollback always ends with a read-back of the
+stored VirtualService and DestinationRule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xci_cn.errors import InvalidInput, PermanentError
+from xci_cn.k8s.istio import RolloutState, Router, now_iso
+
+
+def _state(router: Router) -> RolloutState:
+    state = router.state()
+    if state is None:
+        raise InvalidInput(f"VirtualService {router.target.namespace}/{router.target.service} has no "
+                           "rollout recorded by xci-cn: nothing to promote or roll back")
+    return state
+
+
+def rollback(router: Router, reason: str = "") -> dict[str, Any]:
+    """All traffic back to the stable version, canary scaled to 0, then read
+    the stored objects back and fail if the stable version lacks any traffic."""
+    state = _state(router)
+    if state.phase == "promoted":
+        raise InvalidInput(f"rollout of {router.target.service} was already promoted to {state.stable}; "
+                           "deploy the previous version to go back")
+    state.phase = "rolled-back"
+    step = {"step": len(state.steps), "weights": {state.stable: 100}, "at": now_iso(),
+            "action": "rollback", "reason": reason}
+    state.steps.append(step)
+    router.set_weights({state.stable: 100}, state)
+    scaled = router.scale_version(state.canary, 0) if state.canary else []
+    problems = router.read_back_problems(state.stable)
+    if problems:
+        raise PermanentError("rollback read-back failed: " + "; ".join(problems))
+    return {"phase": state.phase, "stable": state.stable, "canary": state.canary,
+            "read_back": {"weights": router.weights(), "ok": True}, "scaled_down": scaled, "step": step}
+
+
+def promote(router: Router) -> dict[str, Any]:
+    """The canary becomes the stable version with all traffic; the old
+    version is scaled to 0 (kept for the record, not serving)."""
+    state = _state(router)
+    if state.phase == "promoted":
+        return {"phase": state.phase, "stable": state.stable, "note": "already promoted"}
+    if state.phase == "rolled-back" or state.canary is None:
+        raise InvalidInput(f"rollout of {router.target.service} is {state.phase}: nothing to promote")
+    old = state.stable
+    state.stable, state.canary, state.phase = state.canary, None, "promoted"
+    step = {"step": len(state.steps), "weights": {state.stable: 100}, "at": now_iso(), "action": "promote"}
+    state.steps.append(step)
+    router.set_weights({state.stable: 100}, state)
+    scaled = router.scale_version(old, 0)
+    problems = router.read_back_problems(state.stable)
+    if problems:
+        raise PermanentError("promotion read-back failed: " + "; ".join(problems))
+    return {"phase": state.phase, "stable": state.stable, "previous": old, "scaled_down": scaled,
+            "step": step}
+
+
+def status(router: Router) -> dict[str, Any]:
+    state = router.state()
+    return {"service": router.target.service, "namespace": router.target.namespace,
+            "host": router.target.host, "weights": router.weights(),
+            "rollout": state.as_dict() if state else None}

@@ -1,0 +1,126 @@
+"""``deploy``: put a CN-VNF service graph onto the run's cluster with a
+rollout strategy (rolling, bluegreen, canary). Manifests are checked offline
+when the scenario loads (files, YAML, removed APIs) and against the real API
+server (dry-run) before anything is applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from xci_cn.config.model import Duration
+from xci_cn.errors import InvalidInput, ScenarioError
+from xci_cn.paths import REPO_ROOT
+from xci_cn.pipeline.stage import StageContext, StageOptions, find_kubeconfig
+
+
+def resolve_manifest_path(raw: str) -> Path:
+    """Relative paths: the working directory first, then the checkout
+    (so bundled samples such as samples/sdc work from anywhere)."""
+    path = Path(raw)
+    if path.is_absolute() or path.exists():
+        return path
+    return REPO_ROOT / raw
+
+
+class DeployOptions(StageOptions):
+    manifests: list[str] = Field(min_length=1, description="Files or directories of multi-document YAML.")
+    namespace: str | None = Field(default=None, description="Namespace for objects that name none.")
+    strategy: Literal["rolling", "bluegreen", "canary"] = Field(default="rolling")
+    service: str | None = Field(default=None, description="VirtualService/DestinationRule name whose "
+                                                          "traffic moves (bluegreen, canary).")
+    host: str | None = Field(default=None,
+                             description="Route host (default <service>.<ns>.svc.cluster.local).")
+    app: str | None = Field(default=None, description="`app` label of the versions' Deployments "
+                                                      "(default: service).")
+    stable: str | None = Field(default=None, description="Subset/version label that has the traffic now.")
+    canary: str | None = Field(default=None, description="Subset/version label of the new version.")
+    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100],
+                             description="Canary weights in percent, increasing, ending at 100.")
+    mirror: float | None = Field(default=None, ge=0, le=100,
+                                 description="Percent of traffic mirrored to the canary during its steps.")
+    step_pause: Duration = Field(default=0.001, description="Pause between canary steps when no "
+                                                            "analysis is configured.")
+    timeout: Duration = Field(default=300.0, description="Deadline for the graph to become healthy.")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or \
+                any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"{steps} must increase, each in 1..100, and end at 100")
+        return steps
+
+    @model_validator(mode="after")
+    def _strategy_needs(self) -> DeployOptions:
+        if self.strategy != "rolling":
+            missing = [k for k in ("service", "stable", "canary") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"strategy {self.strategy} needs {', '.join(missing)}")
+            if self.stable == self.canary:
+                raise ValueError("stable and canary must differ")
+        if not self.namespace and self.strategy != "rolling":
+            raise ValueError(f"strategy {self.strategy} needs namespace")
+        self._offline_check()
+        return self
+
+    def _offline_check(self) -> None:
+        """What can be known without a cluster: the files, their YAML, removed APIs."""
+        from xci_cn.k8s.apply import removed_api_problem
+        from xci_cn.k8s.manifests import load_manifests
+
+        try:
+            manifests = load_manifests([resolve_manifest_path(m) for m in self.manifests], self.namespace)
+        except (ScenarioError, InvalidInput) as exc:
+            raise ValueError("; ".join(exc.lines())) from None
+        problems = [p for p in (removed_api_problem(m) for m in manifests.manifests) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+class DeployStage:
+    name: ClassVar[str] = "deploy"
+    options_model: ClassVar[type[StageOptions]] = DeployOptions
+
+    def run(self, ctx: StageContext, options: DeployOptions) -> dict[str, Any]:
+        from xci_cn.k8s.client import connect
+        from xci_cn.k8s.istio import RolloutTarget
+        from xci_cn.k8s.manifests import load_manifests
+        from xci_cn.k8s.resources import Resources
+        from xci_cn.k8s.strategies import bluegreen, canary, rolling
+        from xci_cn.k8s.strategies.base import DeployPlan, Engine
+
+        kubeconfig = find_kubeconfig(ctx)
+        if not kubeconfig:
+            raise InvalidInput("deploy needs a cluster: a provision stage before it, or --kubeconfig")
+        manifests = load_manifests([resolve_manifest_path(m) for m in options.manifests], options.namespace)
+        target = None
+        if options.strategy != "rolling":
+            assert options.namespace and options.service
+            target = RolloutTarget.of(options.namespace, options.service, options.host, options.app)
+        plan = DeployPlan(manifests, options.strategy, target, options.stable, options.canary,
+                          list(options.steps), options.mirror, options.timeout)
+        cluster = connect(kubeconfig)
+        try:
+            engine = Engine(Resources(cluster), ctx.log, ctx.cancel, ctx.report_progress)
+            strategy = {"rolling": rolling, "bluegreen": bluegreen, "canary": canary}[options.strategy]
+            hook = self.step_hook(ctx, options)
+            record = strategy.run(engine, plan, hook)
+        finally:
+            cluster.close()
+        outputs = record.as_outputs()
+        outputs.update({"strategy": options.strategy, "namespace": options.namespace,
+                        "service": options.service, "kubeconfig_used": kubeconfig})
+        return outputs
+
+    def step_hook(self, ctx: StageContext, options: DeployOptions) -> Any:
+        """Between canary steps: a pause (analysis plugs in here)."""
+        if options.strategy == "rolling":
+            return None
+
+        def pause(step: dict[str, Any]) -> None:
+            ctx.sleep(options.step_pause)
+
+        return pause

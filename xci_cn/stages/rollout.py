@@ -1,0 +1,55 @@
+"""``rollout``: promote or roll back the rollout a deploy stage started
+(also ``xci-cn rollout promote|rollback|status``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from xci_cn.errors import InvalidInput
+from xci_cn.pipeline.stage import StageContext, StageOptions, find_kubeconfig
+
+
+class RolloutOptions(StageOptions):
+    action: Literal["promote", "rollback", "status"] = Field(description="What to do.")
+    namespace: str = Field(description="Namespace of the VirtualService.")
+    service: str = Field(description="VirtualService/DestinationRule name.")
+    host: str | None = Field(default=None,
+                             description="Route host (default <service>.<ns>.svc.cluster.local).")
+    app: str | None = Field(default=None, description="`app` label of the versions (default: service).")
+
+
+def run_rollout(kubeconfig: str, action: str, namespace: str, service: str, host: str | None = None,
+                app: str | None = None, reason: str = "") -> dict[str, Any]:
+    from xci_cn.k8s.client import connect
+    from xci_cn.k8s.istio import RolloutTarget, Router
+    from xci_cn.k8s.resources import Resources
+    from xci_cn.k8s.strategies import lifecycle
+
+    cluster = connect(kubeconfig)
+    try:
+        router = Router(Resources(cluster), RolloutTarget.of(namespace, service, host, app))
+        if action == "promote":
+            return lifecycle.promote(router)
+        if action == "rollback":
+            return lifecycle.rollback(router, reason or "requested")
+        return lifecycle.status(router)
+    finally:
+        cluster.close()
+
+
+class RolloutStage:
+    name: ClassVar[str] = "rollout"
+    options_model: ClassVar[type[StageOptions]] = RolloutOptions
+
+    def run(self, ctx: StageContext, options: RolloutOptions) -> dict[str, Any]:
+        kubeconfig = find_kubeconfig(ctx)
+        if not kubeconfig:
+            raise InvalidInput("rollout needs a cluster: a provision stage before it, or --kubeconfig")
+        result = run_rollout(kubeconfig, options.action, options.namespace, options.service, options.host,
+                             options.app, reason=f"stage {ctx.stage}")
+        if options.action == "rollback":
+            ctx.check(f"read-back {options.service}: stable has 100%", True,
+                      f"stored weights {result['read_back']['weights']}")
+        return result
