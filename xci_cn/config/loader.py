@@ -136,10 +136,14 @@ def load_yaml_file(path: Path) -> LoadedYaml:
     return load_yaml_text(read_text(path), str(path))
 
 
+# libyaml's parser when present: manifests of hundreds of objects parse 3-4x faster.
+_FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml_documents(text: str, path: str) -> list[LoadedYaml]:
     """Every document of a multi-document YAML text (empty ones dropped),
     with the same defences as ``load_yaml_text``; the node budget is shared."""
-    loader = yaml.SafeLoader(text)
+    loader = _FastLoader(text)
     documents: list[LoadedYaml] = []
     walker = _Walker(path, loader)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -147,16 +148,23 @@ class Applier:
 
     # -- apply ----------------------------------------------------------------------------
     def apply(self, manifests: ManifestSet, infos: dict[int, ResourceInfo | None],
-              cancel: threading.Event | None = None, crd_timeout: float = 60) -> list[Applied]:
+              cancel: threading.Event | None = None, crd_timeout: float = 60,
+              on_applied: Callable[[Manifest, Applied], None] | None = None) -> list[Applied]:
+        """Apply in order; ``on_applied`` hears of each object as it is written
+        (the waiter starts before the writes end)."""
         ordered = manifests.ordered()
+        notify = on_applied or (lambda manifest, applied: None)
         first = [m for m in ordered if m.kind in ("Namespace", "CustomResourceDefinition")]
-        results: list[Applied] = [self._apply_one(m, infos[id(m)]) for m in first]  # type: ignore[arg-type]
+        before = self._stored_versions(first, infos)
+        results = [self._write(m, infos, before, notify) for m in first]
         crds = [m for m in first if m.kind == "CustomResourceDefinition"]
         if crds:
             crd_info = self.resources.lookup("apiextensions.k8s.io/v1", "CustomResourceDefinition")
             assert crd_info is not None
-            wait_healthy(self.resources, [Target(crd_info, None, m.name) for m in crds],
-                         time.monotonic() + crd_timeout, cancel)
+            crd_targets = [Target(crd_info, None, m.name) for m in crds]
+            for target in crd_targets:
+                target.mark_applied(None)
+            wait_healthy(self.resources, crd_targets, time.monotonic() + crd_timeout, cancel)
             for manifest in manifests.manifests:
                 if infos.get(id(manifest)) is None:
                     self.resources.forget(manifest.api_version)
@@ -172,15 +180,39 @@ class Applier:
             for rank in sorted(ranks):
                 if cancel is not None and cancel.is_set():
                     break
-                results.extend(pool.map(lambda m: self._apply_one(m, infos[id(m)]), ranks[rank]))
+                versions = self._stored_versions(ranks[rank], infos)
+                results.extend(pool.map(
+                    lambda m, versions=versions: self._write(m, infos, versions, notify), ranks[rank]))
         return results
 
-    def _apply_one(self, manifest: Manifest, info: ResourceInfo | None) -> Applied:
+    def _write(self, manifest: Manifest, infos: dict[int, ResourceInfo | None],
+               versions: dict[tuple[str, str | None, str], str],
+               notify: Callable[[Manifest, Applied], None]) -> Applied:
+        applied = self._apply_one(manifest, infos[id(manifest)], versions.get(_identity(manifest), ""))
+        notify(manifest, applied)
+        return applied
+
+    def _stored_versions(self, manifests: list[Manifest], infos: dict[int, ResourceInfo | None]
+                         ) -> dict[tuple[str, str | None, str], str]:
+        """resourceVersion of what is stored now, one LIST per kind and
+        namespace (not one GET per object): tells created/configured/unchanged."""
+        versions: dict[tuple[str, str | None, str], str] = {}
+        collections = {(infos[id(m)], m.namespace) for m in manifests if infos.get(id(m)) is not None}
+        for info, namespace in collections:
+            try:
+                listing = self.resources.list(info, namespace)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - translated
+                raise translate(exc, f"listing {info.kind} in {namespace}") from None  # type: ignore[union-attr]
+            for item in listing.get("items", []):
+                meta = item["metadata"]
+                versions[(info.kind, meta.get("namespace"), meta["name"])] = meta["resourceVersion"]  # type: ignore[union-attr]
+        return versions
+
+    def _apply_one(self, manifest: Manifest, info: ResourceInfo | None, before: str) -> Applied:
         if info is None:
             raise ScenarioError([f"{manifest.where()}: kind {manifest.kind} is still not served after "
                                  "its CRD was applied"])
         try:
-            before = self.resources.get(info, manifest.name, manifest.namespace)
             stored = self.resources.apply(info, manifest.body, field_manager=self.field_manager)
         except ApiException as exc:
             if _rejects_input(exc):
@@ -190,14 +222,18 @@ class Applier:
         except Exception as exc:  # noqa: BLE001 - translated
             raise translate(exc, f"applying {manifest.ref()}") from None
         meta = stored["metadata"]
-        if before is None:
+        if not before:
             action = "created"
-        elif before["metadata"]["resourceVersion"] == meta["resourceVersion"]:
+        elif before == meta["resourceVersion"]:
             action = "unchanged"
         else:
             action = "configured"
         return Applied(manifest.kind, manifest.name, meta.get("namespace"), action, meta["resourceVersion"],
                        meta.get("generation"))
+
+
+def _identity(manifest: Manifest) -> tuple[str, str | None, str]:
+    return (manifest.kind, manifest.namespace, manifest.name)
 
 
 def _crds_in(manifests: ManifestSet) -> set[tuple[str, str]]:

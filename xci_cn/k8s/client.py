@@ -64,6 +64,9 @@ def connect(kubeconfig: str | Path, context: str | None = None) -> Cluster:
     except OSError as exc:
         raise InvalidInput(f"kubeconfig {path}: {exc.strerror or exc}") from None
     configuration.retries = False
+    # Deploys apply and watch from several threads: keep a connection per
+    # thread alive instead of a new TLS handshake per request (default pool: 4).
+    configuration.connection_pool_maxsize = 32
     return Cluster(k8s.ApiClient(configuration), path, configuration.host)
 
 

@@ -153,15 +153,37 @@ def assess(obj: dict[str, Any]) -> Health:
 
 @dataclass
 class Target:
+    """One object to wait for. ``applied`` is set by whoever writes it, with
+    the generation the write produced: until then (or while the stored
+    object is older) the target cannot count as Healthy, so waiting may start
+    before the writes end without trusting a stale, healthy-looking object."""
+
     info: ResourceInfo
     namespace: str | None
     name: str
     health: Health = field(default_factory=lambda: Health(PROGRESSING, "not seen yet"))
     last: dict[str, Any] | None = None
+    applied: threading.Event = field(default_factory=threading.Event)
+    applied_generation: int = 0
 
     def ref(self) -> str:
         namespace = f"{self.namespace}/" if self.namespace else ""
         return f"{self.info.kind} {namespace}{self.name}"
+
+    def mark_applied(self, generation: int | None) -> None:
+        self.applied_generation = generation or 0
+        self.applied.set()
+
+    def observe(self, obj: dict[str, Any] | None) -> None:
+        self.last = obj
+        if obj is None:
+            self.health = Health(PROGRESSING, "deleted")
+        elif not self.applied.is_set():
+            self.health = Health(PROGRESSING, "not applied yet")
+        elif obj["metadata"].get("generation", 0) < self.applied_generation:
+            self.health = Health(PROGRESSING, "waiting for the applied generation")
+        else:
+            self.health = assess(obj)
 
 
 @dataclass
@@ -178,12 +200,17 @@ class WaitResult:
         return [t for t in self.targets if t.health.status == DEGRADED]
 
 
+# A watch is re-opened at least this often, to notice cancellation, the
+# deadline, and targets marked applied after their object was last seen.
+WATCH_WINDOW_SECONDS = 1
+
+
 def wait_healthy(resources: Resources, targets: list[Target], deadline: float,
                  cancel: threading.Event | None = None) -> WaitResult:
     """Watch every target's kind/namespace until all are Healthy, one is
     Degraded, or ``deadline`` (time.monotonic) passes. One thread per watched
-    collection; each re-lists only when its watch expires (resource versions
-    too old), never on a timer."""
+    collection: list once, then watch from that resourceVersion; re-list only
+    when the watch expired (410 Gone), never on a timer."""
     started = time.monotonic()
     groups: dict[tuple[ResourceInfo, str | None], dict[str, Target]] = defaultdict(dict)
     for target in targets:
@@ -199,37 +226,32 @@ def wait_healthy(resources: Resources, targets: list[Target], deadline: float,
             while not done():
                 listing = resources.list(info, namespace)
                 for item in listing.get("items", []):
-                    item.setdefault("apiVersion", info.group_version)
-                    item.setdefault("kind", info.kind)
                     target = wanted.get(item["metadata"]["name"])
                     if target is not None:
-                        target.last, target.health = item, assess(item)
-                if _settled(wanted.values()):
-                    return
+                        item.setdefault("apiVersion", info.group_version)
+                        item.setdefault("kind", info.kind)
+                        target.observe(item)
                 version = listing["metadata"]["resourceVersion"]
-                while not done():
-                    window = min(5.0, max(1.0, deadline - time.monotonic()))  # wake for cancel/deadline
-                    expired = False
-                    for kind, obj in resources.watch(info, namespace, version, int(window)):
+                expired = False
+                while not done() and not expired:
+                    for target in wanted.values():  # applied since last seen?
+                        if target.last is not None and target.health.status != HEALTHY:
+                            target.observe(target.last)
+                    if _settled(wanted.values()):
+                        return
+                    for kind, obj in resources.watch(info, namespace, version, WATCH_WINDOW_SECONDS):
                         if kind == "ERROR":
                             expired = True  # 410 Gone: list again
                             break
                         version = obj["metadata"].get("resourceVersion", version)
-                        if kind == "BOOKMARK":
-                            continue
-                        target = wanted.get(obj["metadata"].get("name"))
+                        target = wanted.get(obj["metadata"].get("name")) if kind != "BOOKMARK" else None
                         if target is None:
                             continue
                         obj.setdefault("apiVersion", info.group_version)
                         obj.setdefault("kind", info.kind)
-                        if kind == "DELETED":
-                            target.last, target.health = None, Health(PROGRESSING, "deleted")
-                        else:
-                            target.last, target.health = obj, assess(obj)
+                        target.observe(None if kind == "DELETED" else obj)
                         if _settled(wanted.values()) or done():
                             return
-                    if expired:
-                        break
         except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
             errors.append(exc)
         finally:

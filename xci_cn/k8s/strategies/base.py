@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from xci_cn.errors import StageFailed, TemporaryError
+from xci_cn.errors import StageFailed, TemporaryError, XciCnError
 from xci_cn.k8s.apply import Applied, Applier
+from xci_cn.k8s.client import translate
 from xci_cn.k8s.health import Target, explain, needs_waiting, wait_healthy
 from xci_cn.k8s.istio import RolloutTarget
 from xci_cn.k8s.manifests import ManifestSet
@@ -65,18 +66,48 @@ class Engine:
         self.applier = Applier(resources)
 
     def apply_and_wait(self, manifests: ManifestSet, timeout: float, record: DeployRecord) -> None:
+        """Pre-flight, then apply while already watching: the cluster's
+        controllers start on the first Deployment while later objects are
+        still being written."""
         started = time.monotonic()
         infos = self.applier.preflight(manifests)
         self.say(f"pre-flight passed: {len(manifests.manifests)} objects")
-        record.applied = self.applier.apply(manifests, infos, self.cancel)
+        targets = {id(m): Target(infos[id(m)], m.namespace, m.name) for m in manifests.manifests  # type: ignore[arg-type]
+                   if needs_waiting(m.api_version, m.kind) and infos.get(id(m)) is not None}
+        stop_waiting = _EitherEvent(self.cancel)
+        waiter: dict[str, Any] = {}
+
+        def wait() -> None:
+            try:
+                waiter["result"] = wait_healthy(self.resources, list(targets.values()), started + timeout,
+                                                stop_waiting)  # type: ignore[arg-type]
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                waiter["error"] = exc
+
+        watcher = threading.Thread(target=wait, name="deploy-wait", daemon=True)
+        watcher.start()
+
+        def on_applied(manifest: Any, applied: Any) -> None:
+            target = targets.get(id(manifest))
+            if target is not None:
+                target.mark_applied(applied.generation)
+
+        try:
+            record.applied = self.applier.apply(manifests, infos, self.cancel, on_applied=on_applied)
+        except BaseException:
+            stop_waiting.own.set()
+            watcher.join()
+            raise
         counts = DeployRecord(applied=record.applied).as_outputs()["counts"]
         self.say("applied: " + ", ".join(f"{n} {a}" for a, n in counts.items() if n))
         for item in record.applied:
             self.log.info("%s %s/%s %s", item.kind, item.namespace or "-", item.name, item.action)
-        targets = [Target(infos[id(m)], m.namespace, m.name) for m in manifests.manifests
-                   if needs_waiting(m.api_version, m.kind) and infos.get(id(m)) is not None]
-        deadline = started + timeout
-        result = wait_healthy(self.resources, targets, deadline, self.cancel)
+        watcher.join()
+        if "error" in waiter:
+            if isinstance(waiter["error"], XciCnError):
+                raise waiter["error"]
+            raise translate(waiter["error"], "watching the deployed objects") from None
+        result = waiter["result"]
         self.cancel_check()
         if result.degraded:
             raise StageFailed("degraded: " + " | ".join(explain(self.resources, t) for t in result.degraded))
@@ -87,7 +118,7 @@ class Engine:
                                  f"{reasons}{f' (+{more} more)' if more > 0 else ''}")
         record.ready_seconds = time.monotonic() - started
         record.revisions = {t.name: (t.last or {}).get("metadata", {}).get("annotations", {}).get(
-            "deployment.kubernetes.io/revision", "") for t in targets if t.info.kind == "Deployment"}
+            "deployment.kubernetes.io/revision", "") for t in targets.values() if t.info.kind == "Deployment"}
         self.say(f"{len(targets)} workload(s) healthy in {record.ready_seconds:.1f}s")
 
     def cancel_check(self) -> None:
@@ -95,3 +126,14 @@ class Engine:
             from xci_cn.pipeline.stage import Cancelled
 
             raise Cancelled("cancelled")
+
+
+class _EitherEvent:
+    """Set when the stage is cancelled or the apply failed (stop waiting)."""
+
+    def __init__(self, outer: threading.Event):
+        self.outer = outer
+        self.own = threading.Event()
+
+    def is_set(self) -> bool:
+        return self.own.is_set() or self.outer.is_set()
