@@ -343,6 +343,13 @@ def sandbox_kubeconfig(name: str) -> None:
                            f"{', '.join(list_sandboxes()) or 'none'})")
     click.echo(str(sandbox.kubeconfig))
 
+
+# -- jenkins (light: heavy imports live inside the commands) -------------------------
+from xci_cn.jenkins.commands import detect, jobs  # noqa: E402
+
+main.add_command(jobs)
+scenarios.add_command(detect)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 
