@@ -176,8 +176,8 @@ def jobs_update(trees: tuple[Path, ...], url: str | None, conf: Path | None, nam
 
     settings = load_settings(url, conf)
     rendered = _render_checked(trees, names)
-    report = JenkinsJobs(settings).update(rendered.jobs,
-                                          on_change=lambda action, name: click.echo(f"{action} {name}"))
+    with JenkinsJobs(settings) as client:
+        report = client.update(rendered.jobs, on_change=lambda action, name: click.echo(f"{action} {name}"))
     click.echo(f"{settings.url}: {len(report.created)} created, {len(report.updated)} updated, "
                f"{len(report.unchanged)} unchanged")
 
@@ -211,10 +211,17 @@ def jobs_trigger(job: str, params: tuple[str, ...], follow: bool, url: str | Non
                  timeout: float, poll: float) -> None:
     """Trigger a parameterized build of JOB; with --follow (default) print its
     console and exit with its result: SUCCESS 0, UNSTABLE/FAILURE 1, ABORTED 130."""
-    from xci_cn.jenkins.jobs import JenkinsJobs, load_settings, parse_parameters, result_exit_code
+    from xci_cn.jenkins.jobs import JenkinsJobs, load_settings, parse_parameters
 
     parameters = parse_parameters(params)
-    client = JenkinsJobs(load_settings(url, conf))
+    with JenkinsJobs(load_settings(url, conf)) as client:
+        _trigger(client, job, parameters, follow, timeout, poll)
+
+
+def _trigger(client: Any, job: str, parameters: dict[str, str], follow: bool, timeout: float,
+             poll: float) -> None:
+    from xci_cn.jenkins.jobs import result_exit_code
+
     deadline = _deadline(timeout)
     queue_item = client.trigger(job, parameters)
     click.echo(f"{job}: queued (item {queue_item})", err=True)
@@ -242,6 +249,6 @@ def jobs_follow(job: str, number: int | None, url: str | None, conf: Path | None
     until it finishes; exit with its result like `trigger`."""
     from xci_cn.jenkins.jobs import BuildRef, JenkinsJobs, load_settings
 
-    client = JenkinsJobs(load_settings(url, conf))
-    build = BuildRef(job, number, "") if number else client.last_build(job)
-    _follow(client, build, poll, _deadline(timeout))
+    with JenkinsJobs(load_settings(url, conf)) as client:
+        build = BuildRef(job, number, "") if number else client.last_build(job)
+        _follow(client, build, poll, _deadline(timeout))

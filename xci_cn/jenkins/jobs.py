@@ -93,6 +93,8 @@ def _translated(settings: JenkinsSettings, what: str) -> Iterator[None]:
         raise EnvironmentProblem(f"Jenkins at {settings.url} timed out ({what}): {exc}") from None
     except jenkins.JenkinsException as exc:
         text = " ".join(str(exc).split())
+        if text.endswith("does not exist"):  # python-jenkins' word for a 404 on job or build info
+            raise InvalidInput(f"{what}: not found on {settings.url}") from None
         if "[401]" in text or "[403]" in text:
             raise InvalidInput(f"Jenkins at {settings.url} refused the request ({what}): "
                                f"{text.split(': ', 1)[-1][:200]}; check JENKINS_USER / JENKINS_API_TOKEN "
@@ -140,6 +142,18 @@ class JenkinsJobs:
         self.settings = settings
         self.server = jenkins.Jenkins(settings.url, username=settings.user, password=settings.token,
                                       timeout=settings.timeout)
+
+    def close(self) -> None:
+        """Close the HTTP session (python-jenkins has no call for it)."""
+        session = getattr(self.server, "_session", None)
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> JenkinsJobs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- jobs ----------------------------------------------------------------------
     def job_names(self) -> set[str]:
@@ -214,7 +228,7 @@ class JenkinsJobs:
         url = f"{self.settings.url}{path}{build.number}/logText/progressiveText"
         offset, pending = 0, ""
         while True:
-            with _translated(self.settings, f"console of {build.job} #{build.number}"):
+            with _translated(self.settings, f"build {build.job} #{build.number}"):
                 response = self.server.jenkins_request(
                     requests.Request("GET", url, params={"start": offset}))
             text = response.text
