@@ -134,7 +134,7 @@ def _jjb_config() -> Any:
 
 def error_line(exc: Exception) -> str:
     """JJB's multi-line error as one line: the innermost location, the
-    outermost object (project / template) and the message."""
+    innermost object named (job, template, project) and the message."""
     from jenkins_jobs.errors import JenkinsJobsException
 
     if isinstance(exc, yaml.MarkedYAMLError):
@@ -145,8 +145,9 @@ def error_line(exc: Exception) -> str:
         message = " ".join(str(exc.message).split())
         pos = exc.pos or next((c.pos for c in reversed(exc.ctx) if c.pos), None)
         where = f"{pos.path}:{pos.line + 1}:{pos.column + 1}: " if pos else ""
-        outer = f"{exc.ctx[0].message}: " if exc.ctx else ""
-        return f"{where}{outer}{message}"
+        # The innermost object named ("In job template 't-{x}'"), not the project.
+        named = next((c.message for c in reversed(exc.ctx) if c.message.startswith("In ")), None)
+        return f"{where}{named + ': ' if named else ''}{message}"
     return " ".join(str(exc).split())
 
 
