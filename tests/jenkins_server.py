@@ -51,7 +51,6 @@ class QueueItem:
     parameters: dict[str, str]
     polls: int = 0
     build: Build | None = None
-    cancelled: bool = False
 
 
 @dataclass

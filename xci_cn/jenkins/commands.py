@@ -126,10 +126,14 @@ def _render_checked(trees: tuple[Path, ...], names: tuple[str, ...]) -> Any:
     return rendered
 
 
+def _output_dir_option(help: str) -> Callable[..., Any]:
+    return click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help=help)
+
+
 @jobs.command("render")
 @_tree_option
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write OUT/<job>/config.xml; without it, list the job names.")
+@_output_dir_option("Write OUT/<job>/config.xml; without it, list the job names.")
 @_names_argument
 @_reports
 def jobs_render(trees: tuple[Path, ...], output_dir: Path | None, names: tuple[str, ...]) -> None:
@@ -147,8 +151,7 @@ def jobs_render(trees: tuple[Path, ...], output_dir: Path | None, names: tuple[s
 
 @jobs.command("test")
 @_tree_option
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write OUT/<job>/config.xml.")
+@_output_dir_option("Also write OUT/<job>/config.xml.")
 @_names_argument
 @_reports
 def jobs_test(trees: tuple[Path, ...], output_dir: Path | None, names: tuple[str, ...]) -> None:
