@@ -392,6 +392,13 @@ def _rollout_command(action: str) -> Any:
 for _action in ("promote", "rollback", "status"):
     _rollout_command(_action)
 
+
+# -- jenkins (light: heavy imports live inside the commands) -------------------------
+from xci_cn.jenkins.commands import detect, jobs  # noqa: E402
+
+main.add_command(jobs)
+scenarios.add_command(detect)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 
