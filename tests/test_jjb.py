@@ -220,7 +220,7 @@ def test_daily_loop_phases_and_thresholds(jobs: dict[str, ET.Element]) -> None:
         (f"{prefix}-functest-daily-kali", ("never", "never", "never")),
         (f"{prefix}-yardstick-daily-kali", ("never", "never", "never")),
     ]
-    for phase, stages, optional in [("deploy", "provision", "false"), ("verify", "verify", "true"),
+    for phase, stages, optional in [("deploy", "provision,deploy", "false"), ("verify", "verify", "true"),
                                     ("functest", "functest", "true"), ("yardstick", "yardstick", "true")]:
         phase_job = jobs[f"{prefix}-{phase}-daily-kali"]
         defaults = parameter_defaults(phase_job)

@@ -19,14 +19,19 @@ def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_san
     summary = json.loads((results / "summary.json").read_text())
     assert summary["scenario"] == "k8-nosdn-istio" and summary["flavor"] == "mini"
     stages = {s["name"]: s for s in summary["stages"]}
-    assert [stages[n]["status"] for n in ("provision", "collect-logs", "teardown")] == ["passed"] * 3
+    names = ("provision", "deploy", "verify", "collect-logs", "teardown")
+    assert [stages[n]["status"] for n in names] == ["passed"] * 5
+    assert stages["deploy"]["outputs"]["counts"]["created"] == 20
+    verify_checks = {c["name"]: c["passed"] for c in stages["verify"]["checks"]}
+    assert verify_checks["mesh VirtualService sdc/http-lb"] and verify_checks["platform Istio CRDs Established"]
     provision = stages["provision"]
     assert provision["outputs"]["server_version"] == "v1.36.3"
     assert sorted(n["name"] for n in provision["outputs"]["nodes"]) == ["master1", "node1", "opnfv"]
     checks = {c["name"]: c["passed"] for c in provision["checks"]}
     assert checks["Istio CRDs Established"] and checks["node node1 Ready"]
     cases = {case.name for suite in JUnitXml.fromfile(str(results / "junit.xml")) for case in suite}
-    assert {"provision", "node opnfv Ready", "Istio CRDs Established", "teardown"} <= cases
+    assert {"provision", "node opnfv Ready", "Istio CRDs Established", "deploy", "verify",
+            "mesh VirtualService sdc/sdc", "teardown"} <= cases
     # Logs were collected from the live cluster before teardown.
     nodes_txt = (results / "logs" / "cluster" / "nodes.txt").read_text()
     assert "master1" in nodes_txt and "Ready" in nodes_txt

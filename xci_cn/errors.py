@@ -9,7 +9,8 @@ message and an exit code::
     ├── EnvironmentProblem          exit 3  a tool or service the run needs is missing/unreachable
     ├── StageFailed                 exit 1  a stage did not do its job (retried if allowed)
     │   ├── TemporaryError          exit 1  "not yet": worth another attempt
-    │   └── PermanentError          exit 1  retrying cannot help
+    │   ├── PermanentError          exit 1  retrying cannot help
+    │   └── RolloutPaused           exit 1  analysis inconclusive, rollout left paused
     └── Interrupted                 exit 130 (SIGINT) / 143 (SIGTERM)
 """
 
@@ -58,9 +59,15 @@ class EnvironmentProblem(XciCnError):
 
 
 class StageFailed(XciCnError):
-    """A stage failed. The runner retries it while attempts remain."""
+    """A stage failed. The runner retries it while attempts remain.
+    ``outputs`` keeps what the stage did before failing (a canary's steps
+    up to its rollback) for summary.json and the report."""
 
     retryable = True
+
+    def __init__(self, message: str, outputs: dict | None = None):
+        super().__init__(message)
+        self.outputs = outputs or {}
 
 
 class TemporaryError(StageFailed):
@@ -71,6 +78,13 @@ class TemporaryError(StageFailed):
 
 class PermanentError(StageFailed):
     """Another attempt cannot help (the canary broke its SLO, bad manifest)."""
+
+    retryable = False
+
+
+class RolloutPaused(StageFailed):
+    """Analysis was Inconclusive and its policy is 'pause': the rollout stays
+    at its current weights for a person to promote or roll back."""
 
     retryable = False
 

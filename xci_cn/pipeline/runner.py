@@ -158,6 +158,8 @@ class Runner:
         self.resumed_from: str | None = None
         if resume:
             self._restore()
+        elif selected:
+            self._carry_outputs_of_unselected()
 
     # -- set-up ---------------------------------------------------------------------
     def _new_record(self, spec: StageSpec) -> StageRecord:
@@ -195,6 +197,20 @@ class Runner:
             before.resumed = True
             self.records[index] = before
         self.by_name = {r.name: r for r in self.records}
+
+    def _carry_outputs_of_unselected(self) -> None:
+        """A run of some stages (a daily loop's phase) sees the outputs of the
+        other stages from the previous run in the same results dir — e.g. the
+        kubeconfig that provision wrote — when their definition is the same."""
+        previous = load_state(self.state_path)
+        if not previous:
+            return
+        old = {s["name"]: StageRecord.from_dict(s) for s in previous.get("stages", [])}
+        for record in self.records:
+            before = old.get(record.name)
+            if record.status == NOT_SELECTED and before and before.status == PASSED \
+                    and before.fingerprint == record.fingerprint:
+                record.outputs = before.outputs
 
     # -- control ----------------------------------------------------------------------
     def abort(self, signum: int) -> None:
@@ -329,6 +345,7 @@ class Runner:
                     break
                 attempt.error = error
                 record.error = error
+                record.outputs = outputs  # what the stage did before it failed
                 log.error("attempt %d failed: %s", record.attempts, error)
                 if cancel.is_set() and self._abort.is_set():
                     record.status = CANCELLED
@@ -388,7 +405,7 @@ class Runner:
         if isinstance(exc, Cancelled):
             return "cancelled: the run was interrupted", False, {}
         if isinstance(exc, StageFailed):
-            return str(exc), exc.retryable, {}
+            return str(exc), exc.retryable, exc.outputs
         if isinstance(exc, InvalidInput):
             ctx.invalid_input = True
             return "; ".join(exc.lines()), False, {}

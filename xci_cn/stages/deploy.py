@@ -14,6 +14,7 @@ from xci_cn.config.model import Duration
 from xci_cn.errors import InvalidInput, ScenarioError
 from xci_cn.paths import REPO_ROOT
 from xci_cn.pipeline.stage import StageContext, StageOptions, find_kubeconfig
+from xci_cn.verify.analysis import AnalysisSpec
 
 
 def resolve_manifest_path(raw: str) -> Path:
@@ -44,6 +45,8 @@ class DeployOptions(StageOptions):
     step_pause: Duration = Field(default=0.001, description="Pause between canary steps when no "
                                                             "analysis is configured.")
     timeout: Duration = Field(default=300.0, description="Deadline for the graph to become healthy.")
+    analysis: AnalysisSpec | None = Field(default=None, description="Metric analysis between canary "
+                                                                    "steps (and after a blue/green switch).")
 
     @field_validator("steps")
     @classmethod
@@ -116,11 +119,27 @@ class DeployStage:
         return outputs
 
     def step_hook(self, ctx: StageContext, options: DeployOptions) -> Any:
-        """Between canary steps: a pause (analysis plugs in here)."""
+        """Between canary steps: metric analysis when configured (Failed or
+        Error rolls back, Inconclusive follows its policy), else a pause."""
         if options.strategy == "rolling":
             return None
+        if options.analysis is None:
+            def pause(step: dict[str, Any]) -> None:
+                ctx.sleep(options.step_pause)
 
-        def pause(step: dict[str, Any]) -> None:
-            ctx.sleep(options.step_pause)
+            return pause
+        from xci_cn.stages.verify import run_step_analysis
 
-        return pause
+        spec = options.analysis
+        assert options.service and options.namespace and options.canary
+
+        def analyse(step: dict[str, Any]) -> None:
+            try:
+                step["analysis"] = run_step_analysis(ctx, spec, service=options.service or "",
+                                                     namespace=options.namespace or "",
+                                                     canary=options.canary or "", baseline=options.stable)
+            except Exception as exc:
+                step["analysis"] = getattr(exc, "record", None)
+                raise
+
+        return analyse

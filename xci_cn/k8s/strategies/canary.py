@@ -4,7 +4,7 @@ traffic to the canary; the hook between steps decides whether to go on."""
 
 from __future__ import annotations
 
-from xci_cn.errors import PermanentError
+from xci_cn.errors import PermanentError, RolloutPaused
 from xci_cn.k8s.istio import RolloutState, Router, now_iso
 from xci_cn.k8s.strategies.base import DeployPlan, DeployRecord, Engine, StepHook
 from xci_cn.k8s.strategies.lifecycle import rollback
@@ -38,6 +38,13 @@ def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> Deplo
                 record.steps.append(result["step"])
                 record.rollout = {**state.as_dict(), "phase": "rolled-back", "read_back": result["read_back"]}
                 raise PermanentError(f"canary {plan.canary} rolled back at step {index} ({weight}%): {exc}; "
-                                     f"read-back: {plan.stable} has 100%") from None
+                                     f"read-back: {plan.stable} has 100%", record.as_outputs()) from None
+            except RolloutPaused as exc:
+                state.phase = "paused"
+                router.set_weights(weights, state, mirror)  # records the phase; weights stay
+                record.rollout = state.as_dict()
+                raise RolloutPaused(f"canary {plan.canary} paused at step {index} ({weight}%): {exc}; "
+                                    f"decide with 'xci-cn rollout promote|rollback -n {plan.target.namespace} "
+                                    f"--service {plan.target.service}'", record.as_outputs()) from None
     record.rollout = state.as_dict()
     return record

@@ -1,0 +1,96 @@
+"""Platform checks, in the spirit of Clover's validators: what the scenario
+needs must exist and be healthy — Istio's CRDs Established and istio-system
+present; on real clusters also istiod, the ingress gateway, Prometheus
+targets up and Jaeger listing the mesh's services, when asked for."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field
+
+from xci_cn.k8s.client import translate
+from xci_cn.k8s.health import HEALTHY, assess
+from xci_cn.k8s.resources import Resources
+from xci_cn.verify.mesh import Finding
+
+
+class PlatformCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["platform"]
+    istio: bool = Field(default=True, description="Istio's CRDs Established and istio-system present.")
+    istiod: bool = Field(default=False, description="Deployment istio-system/istiod healthy (real clusters).")
+    ingress_gateway: bool = Field(default=False, description="Deployment istio-system/istio-ingressgateway "
+                                                             "healthy (real clusters).")
+    prometheus: str | None = Field(default=None, description="Prometheus URL: every active target up.")
+    jaeger: str | None = Field(default=None, description="Jaeger query URL: lists the `services`.")
+    services: list[str] = Field(default_factory=list, description="Services Jaeger must list.")
+
+
+def check_platform(resources: Resources, check: PlatformCheck) -> list[Finding]:
+    findings: list[Finding] = []
+    if check.istio:
+        crd_info = resources.lookup("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+        ns_info = resources.lookup("v1", "Namespace")
+        assert crd_info is not None and ns_info is not None
+        try:
+            crds = [c for c in resources.list(crd_info, None).get("items", [])
+                    if c["spec"]["group"].endswith("istio.io")]
+            namespace = resources.get(ns_info, "istio-system", None)
+        except Exception as exc:  # noqa: BLE001 - translated
+            raise translate(exc, "reading Istio's CRDs") from None
+        established = [c for c in crds if assess({**c, "apiVersion": "apiextensions.k8s.io/v1",
+                                                  "kind": "CustomResourceDefinition"}).status == HEALTHY]
+        findings.append(Finding("platform Istio CRDs Established", bool(crds) and len(established) == len(crds),
+                                f"{len(established)}/{len(crds)} Istio CRDs Established"))
+        findings.append(Finding("platform namespace istio-system", namespace is not None,
+                                "present" if namespace else "namespace istio-system is missing"))
+    for wanted, name in ((check.istiod, "istiod"), (check.ingress_gateway, "istio-ingressgateway")):
+        if wanted:
+            findings.append(_deployment_finding(resources, "istio-system", name))
+    if check.prometheus:
+        findings.append(_prometheus_targets(check.prometheus))
+    if check.jaeger:
+        findings.append(_jaeger_services(check.jaeger, check.services))
+    return findings
+
+
+def _deployment_finding(resources: Resources, namespace: str, name: str) -> Finding:
+    info = resources.lookup("apps/v1", "Deployment")
+    assert info is not None
+    try:
+        obj = resources.get(info, name, namespace)
+    except Exception as exc:  # noqa: BLE001 - translated
+        raise translate(exc, f"reading Deployment {namespace}/{name}") from None
+    if obj is None:
+        return Finding(f"platform {name}", False, f"Deployment {namespace}/{name} does not exist")
+    health = assess({**obj, "apiVersion": "apps/v1", "kind": "Deployment"})
+    return Finding(f"platform {name}", health.status == HEALTHY,
+                   f"Deployment {namespace}/{name}: {health.status} {health.message}".strip())
+
+
+def _prometheus_targets(url: str) -> Finding:
+    try:
+        body = requests.get(f"{url.rstrip('/')}/api/v1/targets", timeout=5).json()
+    except (requests.RequestException, ValueError) as exc:
+        return Finding("platform Prometheus targets up", False, f"Prometheus {url}: {type(exc).__name__}")
+    targets = body.get("data", {}).get("activeTargets", [])
+    down = [f"{t.get('scrapePool')} {t.get('scrapeUrl')}: {t.get('lastError') or t.get('health')}"
+            for t in targets if t.get("health") != "up"]
+    if not targets:
+        return Finding("platform Prometheus targets up", False, f"Prometheus {url} has no active targets")
+    return Finding("platform Prometheus targets up", not down,
+                   f"{len(targets) - len(down)}/{len(targets)} targets up" + (f"; down: {'; '.join(down)}"
+                                                                             if down else ""))
+
+
+def _jaeger_services(url: str, services: list[str]) -> Finding:
+    try:
+        listed = set(requests.get(f"{url.rstrip('/')}/api/services", timeout=5).json().get("data") or [])
+    except (requests.RequestException, ValueError) as exc:
+        return Finding("platform Jaeger services", False, f"Jaeger {url}: {type(exc).__name__}")
+    missing = [s for s in services if s not in listed]
+    return Finding("platform Jaeger services", not missing,
+                   f"missing from Jaeger: {', '.join(missing)}" if missing else f"{len(listed)} services traced")

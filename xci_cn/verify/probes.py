@@ -1,0 +1,129 @@
+"""Traffic probes: HTTP checks with retries, and a weighted-split check that
+compares the observed share per version with the route weights."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from xci_cn.config.model import Duration
+
+
+class HttpCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["http"]
+    name: str | None = Field(default=None, description="Testcase name (default: the URL).")
+    url: str
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    expect_status: int = 200
+    expect_body: str | None = Field(default=None, description="Regular expression the body must match.")
+    retries: int = Field(default=3, ge=0, le=20, description="Extra attempts, with backoff.")
+    timeout: Duration = Field(default=5.0, description="Per request.")
+
+
+class SplitCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["split"]
+    name: str | None = None
+    url: str
+    requests: int = Field(default=200, ge=10, le=100_000)
+    weights: dict[str, float] | None = Field(
+        default=None, description="Expected percent per version; default: the VirtualService's stored "
+                                  "weights for `service`.")
+    service: str | None = Field(default=None, description="VirtualService whose weights are expected.")
+    version_header: str = Field(default="x-version", description="Response header naming the version.")
+    version_body: str | None = Field(default=None, description="Regex with one group finding the version "
+                                                              "in the body (instead of the header).")
+    tolerance: float = Field(default=10.0, gt=0, le=100, description="Allowed difference in percentage "
+                                                                     "points (Clover: 10 for 50/50).")
+    timeout: Duration = Field(default=5.0)
+
+
+@dataclass
+class ProbeResult:
+    name: str
+    passed: bool
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class _Unexpected(Exception):
+    pass
+
+
+def run_http(check: HttpCheck, session: requests.Session | None = None) -> ProbeResult:
+    session = session or requests.Session()
+    name = check.name or f"http {check.method} {check.url}"
+    attempts = 0
+
+    def once() -> requests.Response:
+        nonlocal attempts
+        attempts += 1
+        response = session.request(check.method, check.url, headers=check.headers, timeout=check.timeout)
+        if response.status_code != check.expect_status:
+            raise _Unexpected(f"status {response.status_code}, expected {check.expect_status}")
+        if check.expect_body and not re.search(check.expect_body, response.text):
+            raise _Unexpected(f"body does not match {check.expect_body!r}: {response.text[:120]!r}")
+        return response
+
+    try:
+        for attempt in Retrying(stop=stop_after_attempt(check.retries + 1),
+                                wait=wait_exponential(multiplier=0.2, max=5),
+                                retry=retry_if_exception_type((_Unexpected, requests.RequestException))):
+            with attempt:
+                response = once()
+    except RetryError as exc:
+        cause = exc.last_attempt.exception()
+        text = str(cause) if isinstance(cause, _Unexpected) else f"{type(cause).__name__}: {cause}"
+        return ProbeResult(name, False, f"{check.url}: {text} (after {attempts} attempts)",
+                           {"attempts": attempts})
+    return ProbeResult(name, True, f"{check.url}: {response.status_code} in "
+                                   f"{response.elapsed.total_seconds() * 1000:.0f} ms", {"attempts": attempts})
+
+
+def run_split(check: SplitCheck, expected: dict[str, float], session: requests.Session | None = None
+              ) -> ProbeResult:
+    """Send ``requests`` requests; each version's observed share must be
+    within ``tolerance`` points of its expected weight."""
+    session = session or requests.Session()
+    name = check.name or f"split {check.url}"
+    seen: Counter[str] = Counter()
+    errors = 0
+    pattern = re.compile(check.version_body) if check.version_body else None
+    for _ in range(check.requests):
+        try:
+            response = session.get(check.url, timeout=check.timeout)
+        except requests.RequestException:
+            errors += 1
+            continue
+        if pattern is not None:
+            match = pattern.search(response.text)
+            version = match.group(1) if match else "?"
+        else:
+            version = response.headers.get(check.version_header, "?")
+        seen[version] += 1
+    answered = sum(seen.values())
+    observed = {v: 100.0 * n / answered for v, n in seen.items()} if answered else {}
+    total = sum(expected.values()) or 1
+    expected_pct = {v: 100.0 * w / total for v, w in expected.items()}
+    problems = []
+    for version in sorted(set(expected_pct) | set(observed)):
+        got, want = observed.get(version, 0.0), expected_pct.get(version, 0.0)
+        if abs(got - want) > check.tolerance:
+            problems.append(f"{version}: {got:.1f}% observed, {want:.1f}% expected")
+    if errors:
+        problems.append(f"{errors} of {check.requests} requests failed")
+    shares = ", ".join(f"{v} {observed.get(v, 0):.1f}%" for v in sorted(set(expected_pct) | set(observed)))
+    details = {"observed": observed, "expected": expected_pct, "requests": check.requests, "errors": errors}
+    if problems:
+        return ProbeResult(name, False, f"beyond ±{check.tolerance:g} points: " + "; ".join(problems), details)
+    return ProbeResult(name, True, f"{shares} within ±{check.tolerance:g} points of {expected_pct}", details)
