@@ -205,3 +205,14 @@ def test_help_is_fast_and_does_not_import_the_kubernetes_client() -> None:
 def test_version() -> None:
     proc = cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("xci-cn, version ")
+
+
+def test_resume_reruns_the_dependents_of_a_stage_that_runs_again(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    text = SLOW.format(log=log, sleep=0)
+    write_scenario(tmp_path, text, "slow.yaml")
+    assert cli("run", "--scenario", "slow.yaml", "--results-dir", "R", cwd=tmp_path).returncode == 0
+    write_scenario(tmp_path, text.replace("echo first", "echo first2"), "slow.yaml")
+    assert cli("run", "--scenario", "slow.yaml", "--results-dir", "R", "--resume", cwd=tmp_path).returncode == 0
+    # first changed -> runs; long and after need it -> run again although unchanged.
+    assert log.read_text().split()[4:] == ["first2", "long", "after", "logs"]

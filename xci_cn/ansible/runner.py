@@ -51,7 +51,20 @@ def _describe_failure(data: dict[str, Any]) -> str:
 
 def scrub_artifacts(artifacts_dir: Path) -> None:
     """Remove secret-looking environment values from ansible-runner's
-    ``command`` file (it records the whole environment of the run)."""
+    ``command`` file (it records the whole environment of the run), and every
+    known secret value from every artifact (events hold task output)."""
+    from xci_cn.secrets import redactor
+
+    redact = redactor()
+    for path in artifacts_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size < 64 * 1024 * 1024:
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError):
+                continue
+            cleaned = redact(text)
+            if cleaned != text:
+                path.write_text(cleaned)
     for command_file in artifacts_dir.glob("**/command"):
         try:
             data = json.loads(command_file.read_text())

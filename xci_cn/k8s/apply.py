@@ -121,18 +121,24 @@ class Applier:
             raise ScenarioError(problems)
         return infos
 
-    def _existing_namespaces(self) -> set[str]:
+    def _existing_namespaces(self) -> set[str] | None:
+        """Names of the namespaces that exist; None when this identity may not
+        list them (a namespaced ServiceAccount): its namespaces must exist."""
         info = self.resources.lookup("v1", "Namespace")
         assert info is not None
         try:
             listing = self.resources.list(info, None)
+        except ApiException as exc:
+            if exc.status == 403:
+                return None
+            raise translate(exc, "listing namespaces") from None
         except Exception as exc:  # noqa: BLE001 - translated
             raise translate(exc, "listing namespaces") from None
         return {item["metadata"]["name"] for item in listing.get("items", [])}
 
-    def _dry_run(self, manifest: Manifest, info: ResourceInfo, existing: set[str]) -> str | None:
+    def _dry_run(self, manifest: Manifest, info: ResourceInfo, existing: set[str] | None) -> str | None:
         body = copy.deepcopy(manifest.body)
-        if info.namespaced and manifest.namespace not in existing:
+        if info.namespaced and existing is not None and manifest.namespace not in existing:
             # The namespace comes with this set and does not exist yet: the
             # schema does not depend on it, so validate in 'default'.
             body["metadata"]["namespace"] = "default"

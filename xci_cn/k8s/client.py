@@ -52,6 +52,7 @@ def connect(kubeconfig: str | Path, context: str | None = None) -> Cluster:
     path = Path(kubeconfig)
     if not path.is_file():
         raise InvalidInput(f"kubeconfig {path}: no such file")
+    remember_secrets(path)
     configuration = k8s.Configuration()
     try:
         k8s_config.load_kube_config(config_file=str(path), context=context,
@@ -68,6 +69,59 @@ def connect(kubeconfig: str | Path, context: str | None = None) -> Cluster:
     # thread alive instead of a new TLS handshake per request (default pool: 4).
     configuration.connection_pool_maxsize = 32
     return Cluster(k8s.ApiClient(configuration), path, configuration.host)
+
+
+TRANSIENT_STATUS = (429, 500, 502, 503, 504)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: the API server (or etcd behind it) is restarting,
+    overloaded or briefly unreachable — not a refusal of the request itself."""
+    if isinstance(exc, ApiException):
+        if exc.status == 500 and "failed to create typed patch object" in (exc.body or ""):
+            return False  # a manifest with a wrongly typed value, reported as 500 by SSA
+        return exc.status in TRANSIENT_STATUS or exc.status == 0
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+SECRET_FIELDS = ("token", "password", "client-key-data", "access-token", "id-token", "refresh-token",
+                 "client-secret")
+
+
+def remember_secrets(path: Path) -> None:
+    """Teach the redactor every credential in a kubeconfig (tokens, client
+    keys, passwords), so that none reaches a log, report or artifact."""
+    import yaml
+
+    from xci_cn.secrets import redactor
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # load_kube_config reports the problem
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in SECRET_FIELDS and isinstance(value, str):
+                    redactor().add(value)
+                    if key == "client-key-data":
+                        import base64
+                        import binascii
+
+                        try:  # the decoded PEM, too, line by line
+                            for line in base64.b64decode(value).decode().splitlines():
+                                redactor().add(line.strip())
+                        except (binascii.Error, UnicodeDecodeError, ValueError):
+                            pass
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    if isinstance(config, dict):
+        walk(config.get("users"))
 
 
 def translate(exc: BaseException, what: str) -> Exception:

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from xci_cn.k8s.client import is_transient
 from xci_cn.k8s.resources import ResourceInfo, Resources
 
 HEALTHY, PROGRESSING, DEGRADED = "Healthy", "Progressing", "Degraded"
@@ -224,39 +225,51 @@ def wait_healthy(resources: Resources, targets: list[Target], deadline: float,
     def follow(info: ResourceInfo, namespace: str | None, wanted: dict[str, Target]) -> None:
         try:
             while not done():
-                listing = resources.list(info, namespace)
-                for item in listing.get("items", []):
-                    target = wanted.get(item["metadata"]["name"])
-                    if target is not None:
-                        item.setdefault("apiVersion", info.group_version)
-                        item.setdefault("kind", info.kind)
-                        target.observe(item)
-                version = listing["metadata"]["resourceVersion"]
-                expired = False
-                while not done() and not expired:
-                    for target in wanted.values():  # applied since last seen?
-                        if target.last is not None and target.health.status != HEALTHY:
-                            target.observe(target.last)
-                    if _settled(wanted.values()):
-                        return
-                    for kind, obj in resources.watch(info, namespace, version, WATCH_WINDOW_SECONDS):
-                        if kind == "ERROR":
-                            expired = True  # 410 Gone: list again
-                            break
-                        version = obj["metadata"].get("resourceVersion", version)
-                        target = wanted.get(obj["metadata"].get("name")) if kind != "BOOKMARK" else None
-                        if target is None:
-                            continue
-                        obj.setdefault("apiVersion", info.group_version)
-                        obj.setdefault("kind", info.kind)
-                        target.observe(None if kind == "DELETED" else obj)
-                        if _settled(wanted.values()) or done():
-                            return
+                try:
+                    _follow_once(info, namespace, wanted)
+                    return
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    # The API server went away mid-watch: list again once it is back.
+                    time.sleep(0.5)
         except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
             errors.append(exc)
         finally:
             if any(t.health.status == DEGRADED for t in wanted.values()):
                 stop.set()
+
+    def _follow_once(info: ResourceInfo, namespace: str | None, wanted: dict[str, Target]) -> None:
+        """List, then watch from that version; returns when settled or done."""
+        while not done():
+            listing = resources.list(info, namespace)
+            for item in listing.get("items", []):
+                target = wanted.get(item["metadata"]["name"])
+                if target is not None:
+                    item.setdefault("apiVersion", info.group_version)
+                    item.setdefault("kind", info.kind)
+                    target.observe(item)
+            version = listing["metadata"]["resourceVersion"]
+            expired = False
+            while not done() and not expired:
+                for target in wanted.values():  # applied since last seen?
+                    if target.last is not None and target.health.status != HEALTHY:
+                        target.observe(target.last)
+                if _settled(wanted.values()):
+                    return
+                for kind, obj in resources.watch(info, namespace, version, WATCH_WINDOW_SECONDS):
+                    if kind == "ERROR":
+                        expired = True  # 410 Gone: list again
+                        break
+                    version = obj["metadata"].get("resourceVersion", version)
+                    target = wanted.get(obj["metadata"].get("name")) if kind != "BOOKMARK" else None
+                    if target is None:
+                        continue
+                    obj.setdefault("apiVersion", info.group_version)
+                    obj.setdefault("kind", info.kind)
+                    target.observe(None if kind == "DELETED" else obj)
+                    if _settled(wanted.values()) or done():
+                        return
 
     threads = [threading.Thread(target=follow, args=(info, ns, wanted), daemon=True,
                                 name=f"watch-{info.kind}-{ns}")

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.watch.watch import iter_resp_lines
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from xci_cn.k8s.client import ApiException, Cluster
+from xci_cn.k8s.client import ApiException, Cluster, is_transient
 
 FIELD_MANAGER = "xci-cn"
+# How long one call rides out an API server or etcd that is restarting.
+RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,21 @@ class Resources:
     # -- verbs ----------------------------------------------------------------------------
     def request(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None,
                 body: Any = None, content_type: str | None = None, timeout: float = 30) -> Any:
+        """One API call; transient failures (API server or etcd restarting,
+        connection refused, 503) are retried for up to ``RETRY_SECONDS``.
+        Every verb here is idempotent (GET, server-side apply, DELETE)."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        data = self.api.call_api(
-            path, method, query_params=query or [], header_params=headers, body=body,
-            auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True,
-            _preload_content=True, _request_timeout=timeout)
-        return data
+        for attempt in Retrying(stop=stop_after_delay(RETRY_SECONDS), reraise=True,
+                                wait=wait_exponential(multiplier=0.2, max=2),
+                                retry=retry_if_exception(is_transient)):
+            with attempt:
+                return self.api.call_api(
+                    path, method, query_params=query or [], header_params=headers, body=body,
+                    auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True,
+                    _preload_content=True, _request_timeout=timeout)
+        raise AssertionError("unreachable")  # Retrying either returns or re-raises
 
     def get(self, info: ResourceInfo, name: str, namespace: str | None) -> dict[str, Any] | None:
         try:

@@ -9,6 +9,7 @@ calls ``on_transition`` and returns a ``RunResult``; the CLI talks to people.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 from xci_cn.config.model import Scenario, StageSpec
 from xci_cn.errors import InvalidInput, StageFailed, XciCnError
+from xci_cn.pipeline.plan import levels
 from xci_cn.pipeline.registry import StageRegistry, stage_types
 from xci_cn.pipeline.stage import Cancelled, RunInputs, StageContext
 from xci_cn.pipeline.state import (
@@ -180,7 +182,9 @@ class Runner:
             return
         self.resumed_from = previous.get("run_id")
         old = {s["name"]: StageRecord.from_dict(s) for s in previous.get("stages", [])}
-        for index, record in enumerate(self.records):
+        position = {r.name: i for i, r in enumerate(self.records)}
+        for name in [n for level in levels(self.scenario) for n in level]:  # needs before dependents
+            index, record = position[name], self.records[position[name]]
             before = old.get(record.name)
             # ``always`` stages (logs, teardown) describe this run: run them again.
             if record.always or not before or before.status != PASSED \
@@ -194,8 +198,14 @@ class Runner:
                 continue
             if record.status == NOT_SELECTED:
                 continue
+            # A stage whose needs run again runs again too: its result was
+            # made on what they produced (a deploy onto a sandbox that was
+            # torn down and is brought up anew).
+            if any(not getattr(self.by_name.get(n), "resumed", False) for n in record.needs):
+                continue
             before.resumed = True
             self.records[index] = before
+            self.by_name[record.name] = before
         self.by_name = {r.name: r for r in self.records}
 
     def _carry_outputs_of_unselected(self) -> None:
@@ -229,6 +239,8 @@ class Runner:
         with self._lock:
             doc = state_document(self.run_id, self.inputs_fingerprint, self.inputs.as_dict(),
                                  self.scenario.name, self.records, status)
+            if self.redact is not None:  # state.json is archived with the results
+                doc = json.loads(self.redact(json.dumps(doc, default=str)))
             write_json_atomic(self.state_path, doc)
 
     def _transition(self, record: StageRecord, event: str) -> None:

@@ -111,21 +111,35 @@ class StageContext:
 
     def run_command(self, argv: list[str] | str, *, env: dict[str, str] | None = None,
                     cwd: str | Path | None = None, shell: bool = False) -> int:
-        """Run a command with output into the stage log. On cancel the whole
-        process group is killed (TERM, then KILL), so no child outlives it."""
+        """Run a command with its output, redacted, into the stage log. On
+        cancel the whole process group is killed (TERM, then KILL), so no
+        child outlives it."""
+        from xci_cn.secrets import redactor
+
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
-        with open(self.log_path, "ab") as out:
+        redact = redactor()
+        with open(self.log_path, "a", encoding="utf-8", errors="replace") as out:
             proc = subprocess.Popen(
-                argv, shell=shell, env=full_env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                argv, shell=shell, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace",
                 executable="/bin/bash" if shell else None,
             )
+            assert proc.stdout is not None
+
+            def copy() -> None:  # a secret a command prints never reaches the log
+                for line in proc.stdout:  # type: ignore[union-attr]
+                    out.write(redact(line))
+                    out.flush()
+
+            reader = threading.Thread(target=copy, daemon=True, name=f"log-{self.stage}")
+            reader.start()
             try:
                 while True:
                     try:
-                        return proc.wait(timeout=0.1)
+                        code = proc.wait(timeout=0.1)
+                        break
                     except subprocess.TimeoutExpired:
                         if self.cancel.is_set():
                             kill_process_group(proc)
@@ -133,6 +147,10 @@ class StageContext:
             except BaseException:
                 kill_process_group(proc)
                 raise
+            finally:
+                reader.join(timeout=5)
+                proc.stdout.close()
+            return code
 
 
 def kill_process_group(proc: subprocess.Popen, grace: float = 3.0) -> None:

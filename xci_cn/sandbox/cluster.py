@@ -8,12 +8,15 @@ the ``provision`` stage type.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,15 +160,30 @@ def up(name: str, flavor: str, *, istio: bool = True, api_port: int = 0, reuse: 
         api_port = 0
     binaries = ensure_binaries(progress=say)
     say(f"starting sandbox {name!r} (flavor {flavor}, {len(nodes[flavor])} nodes)")
-    _run(binaries, "sandbox-up.yml", sandbox, log, cancel, artifacts_dir, say, {
-        "xci_flavor": flavor,
-        "sandbox_istio": istio,
-        "sandbox_api_port": api_port,
-        "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
-    })
+    # kwokctl picks "unused" ports by probing; two sandboxes started at once
+    # (two Jenkins executors) would pick the same ones. One start at a time,
+    # until the components listen.
+    with _exclusive(sandbox_home() / ".start.lock"):
+        _run(binaries, "sandbox-up.yml", sandbox, log, cancel, artifacts_dir, say, {
+            "xci_flavor": flavor,
+            "sandbox_istio": istio,
+            "sandbox_api_port": api_port,
+            "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
+        })
     sandbox.info_file.write_text(json.dumps({"name": name, "flavor": flavor, "istio": istio,
                                              "versions": binaries.versions.__dict__}))
     return UpResult(sandbox, flavor, sandbox.api_url() or "", False, notes)
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def down(name: str, *, missing_ok: bool = False, log: logging.Logger | None = None,
