@@ -213,6 +213,8 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
 
 def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[str] | None,
                   resume: bool, jobs: int, retry_backoff: float, quiet: bool, verbose: bool) -> int:
+    import contextlib
+
     from xci_cn.console import PlainConsole
     from xci_cn.errors import Interrupted
     from xci_cn.pipeline.runner import Runner
@@ -221,7 +223,15 @@ def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[st
 
     redact = redactor()
     redact.add_from_environment()
-    console = PlainConsole(quiet=quiet, verbose=verbose, redact=redact)
+    # A person at a terminal gets the live view; Jenkins' console (not a TTY)
+    # and --quiet get plain timestamped lines without control codes.
+    live = sys.stdout.isatty() and not quiet
+    if live:
+        from xci_cn.live import LiveConsole
+
+        console: Any = LiveConsole(verbose=verbose, redact=redact)
+    else:
+        console = PlainConsole(quiet=quiet, verbose=verbose, redact=redact)
     runner = Runner(scenario, inputs, results_dir, selected=chosen, resume=resume, jobs=jobs,
                     retry_backoff=retry_backoff, on_transition=console.transition,
                     progress=console.progress, redact=redact)
@@ -238,7 +248,8 @@ def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[st
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = runner.run()
+        with console.show(runner.records) if live else contextlib.nullcontext():
+            result = runner.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
