@@ -164,12 +164,13 @@ def test_rows_show_status_clock_retry_and_progress(view: LiveConsole) -> None:
         record("old", "passed", duration=2.5, attempts=1, resumed=True),
         record("lint", "failed", duration=0.3, attempts=1, error="bad <style> hunter2-secret"),
         record("skip", "not-selected"),
+        record("halt", "cancelled", duration=1.0, attempts=1, error="cancelled: the run was interrupted"),
     ]
     with view.show(records):
         view.progress("sandbox", "building kube-apiserver: 120 packages so far, 60s")
         view.progress("deploy", "canary step 2/4: v1 75% / v2 25%")
         lines = rendered(view)
-    assert lines[0].startswith("stages 3/7 done, 1 failed · ")
+    assert lines[0].startswith("stages 4/8 done, 1 failed, 1 cancelled · ")
     rows = {line.split()[2]: line for line in lines[1:] if len(line.split()) > 2}
     assert re.search(r"sandbox\s+running\s+1m05s\s+building kube-apiserver: 120 packages so far, 60s$",
                      rows["sandbox"])
@@ -180,9 +181,10 @@ def test_rows_show_status_clock_retry_and_progress(view: LiveConsole) -> None:
     assert re.search(r"verify\s+pending\s+waits for build, deploy$", rows["verify"])
     assert re.search(r"old\s+passed\s+2\.5s\s+passed in an earlier run \(resumed\)$", rows["old"])
     assert re.search(r"lint\s+failed\s+0\.3s\s+bad <style> <redacted>$", rows["lint"])
+    assert re.search(r"halt\s+cancelled\s+1\.0s\s+cancelled: the run was interrupted$", rows["halt"])
     assert "hunter2" not in "\n".join(lines)
     # DAG levels, in order.
-    assert [line.split()[1] for line in lines[1:]] == ["1", "1", "1", "1", "1", "2", "3"]
+    assert [line.split()[1] for line in lines[1:]] == ["1", "1", "1", "1", "1", "1", "2", "3"]
 
 
 def test_progress_text_is_dropped_when_the_stage_moves_on(view: LiveConsole) -> None:

@@ -330,18 +330,19 @@ def test_report_is_written_after_an_abort(tmp_path: Path) -> None:
     assert 'data-stage="long" data-status="cancelled"' in page
 
 
-@pytest.mark.parametrize("setup,message", [
-    (lambda d: None, "summary.json: no such file (a results directory of 'xci-cn run' has one)"),
-    (lambda d: (d / "summary.json").write_text("{not json"), "summary.json: not JSON: "),
-    (lambda d: (d / "summary.json").write_text('{"stages": 3}'),
-     "summary.json: not an xci-cn summary (no 'stages' list)"),
+@pytest.mark.parametrize("content,message", [
+    (None, "summary.json: no such file (a results directory of 'xci-cn run' has one)"),
+    ("{not json", "summary.json: not JSON: Expecting property name enclosed in double quotes: "
+                  "line 1 column 2 (char 1)"),
+    ('{"stages": 3}', "summary.json: not an xci-cn summary (no 'stages' list)"),
 ])
-def test_report_command_refuses_what_is_not_a_summary(tmp_path: Path, setup: Any, message: str) -> None:
-    setup(tmp_path)
+def test_report_command_refuses_what_is_not_a_summary(tmp_path: Path, content: str | None,
+                                                       message: str) -> None:
+    if content is not None:
+        (tmp_path / "summary.json").write_text(content)
     proc = cli("report", str(tmp_path))
     assert proc.returncode == 2
-    assert proc.stderr.startswith(f"xci-cn: {tmp_path / message.split(':')[0]}:")
-    assert message.split(": ", 1)[1] in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr == f"xci-cn: {tmp_path}/{message}\n"
     assert not (tmp_path / "report.html").exists()
 
 

@@ -116,10 +116,11 @@ class LiveConsole:
             progress = dict(self._progress)
         records = sorted(self.records, key=lambda r: self.depth.get(r.name, 0))
         done = sum(r.status in TERMINAL for r in records)
-        failed = sum(r.status == FAILED for r in records)
         header = Text(f"stages {done}/{len(records)} done", style="bold")
-        if failed:
-            header.append(f", {failed} failed", style="bold red")
+        for status, style in ((FAILED, "bold red"), (CANCELLED, "yellow")):
+            count = sum(r.status == status for r in records)
+            if count:
+                header.append(f", {count} {status}", style=style)
         header.append(f" · {elapsed(time.time() - self.started)}", style="dim")
         table = Table(box=None, show_header=False, pad_edge=False, expand=True, padding=(0, 1))
         table.add_column("mark", width=2, no_wrap=True)

@@ -116,12 +116,13 @@ def _attempt_bars(stage: dict[str, Any], run_end: float | None) -> list[_Bar]:
             status = "failed"
         # An attempt without a duration never finished (the run was killed).
         end = start + duration if duration is not None else max(run_end or start, start)
-        number_ = attempt.get("attempt", index + 1)
-        title = f"{stage.get('name')} attempt {number_}: " + (
+        ordinal = attempt.get("attempt")
+        ordinal = ordinal if isinstance(ordinal, int) else index + 1
+        title = f"{stage.get('name')} attempt {ordinal}: " + (
             seconds_label(duration) if duration is not None else "did not finish")
         if attempt.get("error"):
             title += f" — {attempt['error']}"
-        bars.append(_Bar(start, end, status, title, number_ if isinstance(number_, int) else index + 1))
+        bars.append(_Bar(start, end, status, title, ordinal))
     return bars
 
 
@@ -135,8 +136,8 @@ def timeline_svg(stages: list[dict[str, Any]], run_started: str | None,
     resumed = {id(s) for s in stages if s.get("resumed")}
     bars_of = {}
     starts = [run_start] if run_start is not None else []
-    duration = number(run_duration)
-    run_end = run_start + duration if run_start is not None and duration is not None else None
+    run_seconds = number(run_duration)
+    run_end = run_start + run_seconds if run_start is not None and run_seconds is not None else None
     ends = [run_end] if run_end is not None else []
     for stage in stages:
         if id(stage) in resumed:  # their attempts belong to an earlier run
@@ -195,12 +196,12 @@ def timeline_svg(stages: list[dict[str, Any]], run_started: str | None,
             parts.append(f'<rect class="bar" data-attempt="{bar.attempt}" data-status="{escape(bar.status)}" '
                          f'x="{x:.1f}" y="{y + bar_y}" width="{w:.1f}" height="16" rx="2" '
                          f'fill="{colour}"><title>{escape(bar.title)}</title></rect>')
-        duration = number(stage.get("duration"))
+        took = number(stage.get("duration"))
         attempts = stage.get("attempts") or 0
         if id(stage) in resumed:
             note = "passed earlier (resumed)"
         elif bars:
-            note = seconds_label(duration) if duration is not None else status
+            note = seconds_label(took) if took is not None else status
             if isinstance(attempts, int) and attempts > 1:
                 note += f" ×{attempts}"
         else:

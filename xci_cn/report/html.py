@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,6 @@ def _when(text: Any) -> str:
     ts = parse_time(text)
     if ts is None:
         return _e(text or "-")
-    from datetime import UTC, datetime
-
     return _e(datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
 
 
