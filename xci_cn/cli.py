@@ -114,6 +114,28 @@ def stages_list() -> None:
         click.echo(name)
 
 
+@main.command("report")
+@click.argument("results_dir", type=click.Path(file_okay=False, path_type=Path))
+@reports_errors
+def report(results_dir: Path) -> None:
+    """Render RESULTS_DIR/report.html from RESULTS_DIR/summary.json."""
+    import json
+
+    from xci_cn.report.html import write_html
+    from xci_cn.report.summary import read_summary
+
+    source = results_dir / "summary.json"
+    try:
+        summary = read_summary(source)
+    except FileNotFoundError:
+        raise InvalidInput(f"{source}: no such file (a results directory of 'xci-cn run' has one)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{source}: not JSON: {exc}") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("stages"), list):
+        raise InvalidInput(f"{source}: not an xci-cn summary (no 'stages' list)")
+    click.echo(str(write_html(summary, results_dir / "report.html")))
+
+
 # -- run -----------------------------------------------------------------------------
 @main.command()
 @click.option("--scenario", "scenario_ref", envvar="DEPLOY_SCENARIO", default=DEFAULT_SCENARIO,
@@ -191,6 +213,8 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
 
 def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[str] | None,
                   resume: bool, jobs: int, retry_backoff: float, quiet: bool, verbose: bool) -> int:
+    import contextlib
+
     from xci_cn.console import PlainConsole
     from xci_cn.errors import Interrupted
     from xci_cn.pipeline.runner import Runner
@@ -199,7 +223,15 @@ def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[st
 
     redact = redactor()
     redact.add_from_environment()
-    console = PlainConsole(quiet=quiet, verbose=verbose, redact=redact)
+    # A person at a terminal gets the live view; Jenkins' console (not a TTY)
+    # and --quiet get plain timestamped lines without control codes.
+    live = sys.stdout.isatty() and not quiet
+    if live:
+        from xci_cn.live import LiveConsole
+
+        console: Any = LiveConsole(verbose=verbose, redact=redact)
+    else:
+        console = PlainConsole(quiet=quiet, verbose=verbose, redact=redact)
     runner = Runner(scenario, inputs, results_dir, selected=chosen, resume=resume, jobs=jobs,
                     retry_backoff=retry_backoff, on_transition=console.transition,
                     progress=console.progress, redact=redact)
@@ -216,7 +248,8 @@ def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[st
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = runner.run()
+        with console.show(runner.records) if live else contextlib.nullcontext():
+            result = runner.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

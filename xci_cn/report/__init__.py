@@ -1,5 +1,7 @@
-"""Results for Jenkins: junit.xml, summary.json, scenario.properties (and later
-report.html). Written atomically into the results dir; see docs for layout."""
+"""Results for Jenkins: summary.json, junit.xml, scenario.properties and
+report.html, all rendered from the summary. Written atomically into the
+results dir by ``xci-cn run`` (also after a failure or an abort); ``xci-cn
+report`` re-renders report.html from a summary.json."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ if TYPE_CHECKING:
 
 def write_results(result: RunResult, results_dir: Path) -> list[Path]:
     """Write every result file for ``result``; return their paths."""
+    from xci_cn.report.html import write_html
     from xci_cn.report.junit import write_junit
     from xci_cn.report.properties import write_properties
     from xci_cn.report.summary import build_summary, write_summary
@@ -21,4 +24,6 @@ def write_results(result: RunResult, results_dir: Path) -> list[Path]:
         write_summary(summary, results_dir / "summary.json"),
         write_junit(summary, results_dir / "junit.xml"),
         write_properties(summary, results_dir / "scenario.properties"),
+        # Last: it links to the files above, and only to those that exist.
+        write_html(summary, results_dir / "report.html"),
     ]
