@@ -1,19 +1,27 @@
-"""The documentation: the generated reference is current and complete."""
+"""The documentation: the generated reference is current and complete, every
+command has help and is documented with its options, and the Sphinx build
+passes with warnings as errors."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 from pydantic import BaseModel
 
 from xci_cn import docs_reference
+from xci_cn.cli import main as cli_main
 from xci_cn.config.model import Scenario, StageSpec, parse_duration
 from xci_cn.docs_reference import REFERENCE, builtin_stage_types, duration_text, render, value_text
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 # -- the generated reference -----------------------------------------------------------
@@ -139,3 +147,64 @@ def test_every_default_is_written_as_a_scenario_file_would_read_it() -> None:
 @pytest.mark.parametrize("text", ["on", "null", "1.30", ">=", "", "x-version", "a b"])
 def test_a_string_default_reads_back_as_the_same_string(text: str) -> None:
     assert yaml.safe_load(value_text(text)) == text
+
+
+# -- the command line ------------------------------------------------------------------
+def _commands(command: click.Command = cli_main, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...],
+                                                                                         click.Command]]:
+    found = [(path, command)]
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            found += _commands(sub, (*path, name))
+    return found
+
+
+COMMANDS = _commands()
+
+
+def test_the_command_tree_is_what_the_docs_walk() -> None:
+    names = {" ".join(path) for path, _ in COMMANDS}
+    assert {"", "run", "validate", "stages", "scenarios detect", "sandbox up", "rollout rollback",
+            "jobs trigger"} <= names
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) or "xci-cn" for p, _ in COMMANDS])
+def test_every_command_has_help(path: tuple[str, ...], command: click.Command) -> None:
+    assert command.help and command.help.strip(), f"xci-cn {' '.join(path)} has no help text"
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) or "xci-cn" for p, _ in COMMANDS])
+def test_every_command_and_option_is_in_the_command_reference(path: tuple[str, ...],
+                                                             command: click.Command) -> None:
+    label = "-".join(("cli", *path))
+    text = (DOCS / "cli.rst").read_text()
+    sections = _sections(text)
+    assert label in sections, f"docs/cli.rst has no section `.. _{label}:` for `xci-cn {' '.join(path)}`"
+    section = sections[label]
+    if path:
+        assert f"``xci-cn {' '.join(path)}``" in section
+    for param in command.params:
+        if isinstance(param, click.Option):
+            for opt in [*param.opts, *param.secondary_opts]:
+                if opt.startswith("--"):
+                    assert re.search(rf"``{re.escape(opt)}(?![\w-])", section), \
+                        f"xci-cn {' '.join(path)}: option {opt} is not documented"
+        elif isinstance(param, click.Argument):
+            assert param.human_readable_name in section, \
+                f"xci-cn {' '.join(path)}: argument {param.human_readable_name} is not documented"
+
+
+# -- the Sphinx build --------------------------------------------------------------------
+def test_sphinx_builds_the_docs_with_warnings_as_errors(tmp_path: Path) -> None:
+    out = tmp_path / "html"
+    proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "-E", "-q", "-b", "html", str(DOCS), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == ""
+    pages = {p.stem for p in DOCS.glob("*.rst")}
+    assert pages == {"index", "quickstart", "userguide", "cli", "reference", "jenkins", "architecture",
+                     "benchmarks", "reliability"}
+    for page in pages:
+        assert (out / f"{page}.html").is_file(), page
+    reference = (out / "reference.html").read_text()
+    assert "max_vs_baseline" in reference and 'href="#ref-metricspec"' in reference
