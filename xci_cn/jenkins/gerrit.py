@@ -3,7 +3,7 @@ logic, run by the verify and merge jobs before ``xci-cn run``.
 
 The change is HEAD of a git checkout (what the Gerrit trigger checked out);
 its files are those HEAD changes against its first parent. The rule, in
-order of precedence (docs/jenkins.md):
+order of precedence (docs/jenkins.rst):
 
 1. Job parameters set by hand (DEPLOY_SCENARIO, XCI_FLAVOR, INSTALLER_TYPE
    non-empty in the environment) win.
