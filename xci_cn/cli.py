@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from xci_cn import __version__
-from xci_cn.errors import EXIT_FAILED, EXIT_INVALID_INPUT, InvalidInput, XciCnError
+from xci_cn.errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INVALID_INPUT, InvalidInput, XciCnError
 
 DEFAULT_SCENARIO = "k8-nosdn-istio"
 DEFAULT_FLAVOR = "mini"
@@ -262,6 +262,8 @@ def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[st
         return Interrupted(result.interrupted_by).exit_code
     if result.invalid_input:
         return EXIT_INVALID_INPUT
+    if result.environment_problem:
+        return EXIT_ENVIRONMENT
     return EXIT_FAILED if failed else 0
 
 

@@ -92,7 +92,10 @@ class _Walker:
 
 def load_yaml_text(text: str, path: str) -> LoadedYaml:
     """Parse one YAML document from ``text``; ``path`` is used in messages."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters up front
+        raise ScenarioError([f"{path}:1: invalid YAML: {getattr(exc, 'reason', exc)}"]) from None
     try:
         root = loader.get_single_node()
         if root is None:
@@ -143,7 +146,10 @@ _FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def load_yaml_documents(text: str, path: str) -> list[LoadedYaml]:
     """Every document of a multi-document YAML text (empty ones dropped),
     with the same defences as ``load_yaml_text``; the node budget is shared."""
-    loader = _FastLoader(text)
+    try:
+        loader = _FastLoader(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError([f"{path}:1: invalid YAML: {getattr(exc, 'reason', exc)}"]) from None
     documents: list[LoadedYaml] = []
     walker = _Walker(path, loader)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -59,6 +60,11 @@ def connect(kubeconfig: str | Path, context: str | None = None) -> Cluster:
                                     client_configuration=configuration, persist_config=False)
     except ConfigException as exc:
         raise InvalidInput(f"kubeconfig {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise InvalidInput(f"kubeconfig {path}{where}: not valid YAML "
+                           f"({getattr(exc, 'problem', None) or type(exc).__name__})") from None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InvalidInput(f"kubeconfig {path}: not a usable kubeconfig ({type(exc).__name__}: {exc})") \
             from None
@@ -91,8 +97,6 @@ SECRET_FIELDS = ("token", "password", "client-key-data", "access-token", "id-tok
 def remember_secrets(path: Path) -> None:
     """Teach the redactor every credential in a kubeconfig (tokens, client
     keys, passwords), so that none reaches a log, report or artifact."""
-    import yaml
-
     from xci_cn.secrets import redactor
 
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from xci_cn.config.model import Scenario, StageSpec
-from xci_cn.errors import InvalidInput, StageFailed, XciCnError
+from xci_cn.errors import EnvironmentProblem, InvalidInput, StageFailed, XciCnError
 from xci_cn.pipeline.plan import levels
 from xci_cn.pipeline.registry import StageRegistry, stage_types
 from xci_cn.pipeline.stage import Cancelled, RunInputs, StageContext
@@ -65,6 +65,12 @@ class RunResult:
         """A stage failed because of the user's input (a manifest the API
         server rejects, a bad kubeconfig): the run exits 2, not 1."""
         return any(r.status == FAILED and r.invalid_input for r in self.records)
+
+    @property
+    def environment_problem(self) -> bool:
+        """A stage failed because something outside the input is missing or
+        unreachable (an API server, Prometheus): the run exits 3."""
+        return any(r.status == FAILED and r.environment_problem for r in self.records)
 
     @property
     def status(self) -> str:
@@ -347,6 +353,7 @@ class Runner:
                 error, retryable, outputs = self._attempt(stage_type, ctx, options, spec, log)
                 attempt.duration = time.time() - attempt.started
                 record.invalid_input = ctx.invalid_input
+                record.environment_problem = ctx.environment_problem
                 record.checks = [
                     {"name": c.name, "passed": c.passed, "message": c.message, "details": c.details}
                     for c in ctx.checks
@@ -421,6 +428,9 @@ class Runner:
         if isinstance(exc, InvalidInput):
             ctx.invalid_input = True
             return "; ".join(exc.lines()), False, {}
+        if isinstance(exc, EnvironmentProblem):
+            ctx.environment_problem = True
+            return str(exc), True, {}
         if isinstance(exc, XciCnError):
             return str(exc), False, {}
         log.error("unexpected error\n%s", "".join(traceback.format_exception(exc)))

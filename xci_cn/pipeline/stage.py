@@ -86,6 +86,7 @@ class StageContext:
     checks: list[Check] = field(default_factory=list)
     progress: Any = None  # callable(str) for long steps; None when nobody listens
     invalid_input: bool = False  # set by the runner when the stage failed on InvalidInput
+    environment_problem: bool = False  # ... on EnvironmentProblem (unreachable service)
 
     def check(self, name: str, passed: bool, message: str = "", **details: Any) -> Check:
         """Record a verdict; failing checks do not raise by themselves."""

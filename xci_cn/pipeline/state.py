@@ -46,6 +46,7 @@ class StageRecord:
     fingerprint: str = ""
     resumed: bool = False
     invalid_input: bool = False
+    environment_problem: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageRecord:

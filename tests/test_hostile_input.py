@@ -1,0 +1,139 @@
+"""Hostile input: each gets its documented exit code and one clear line, no
+traceback, nothing applied. Manifests are checked offline when the scenario
+loads, so most of these need no cluster at all; the kubeconfig cases meet a
+real (absent or unreachable) API server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import cli, write_scenario
+from tests.meshmetrics import free_port
+from xci_cn.config.loader import load_yaml_text
+from xci_cn.config.model import scenario_from_loaded
+from xci_cn.errors import ScenarioError
+
+BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(6))
+
+MANIFESTS = {
+    "malformed": (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [unclosed\n", "invalid YAML"),
+    "non-utf8": (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: caf\xe9}\n", "not valid UTF-8"),
+    "bomb": (("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: boom}\n" + BOMB).encode(),
+             "alias bomb"),
+    "no-kind": (b"apiVersion: v1\nmetadata: {name: x}\n", "ConfigMap" if False else "missing kind"),
+    "list": (b"apiVersion: v1\nkind: List\nitems: []\nmetadata: {name: l}\n", "kind List is not supported"),
+    "removed-api": (b"apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n",
+                    "apiVersion extensions/v1beta1 of Ingress was removed from Kubernetes; use networking.k8s.io/v1"),
+    "duplicate": (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice, namespace: n}\n---\n"
+                  b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice, namespace: n}\n", "the same object as"),
+    "scalar": (b"just a string\n", "not a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFESTS))
+def test_hostile_manifests_are_refused_before_anything_runs(tmp_path: Path, case: str) -> None:
+    content, expected = MANIFESTS[case]
+    (tmp_path / "m.yaml").write_bytes(content)
+    marker = tmp_path / "ran"
+    write_scenario(tmp_path, f"""name: hostile
+installer: existing
+stages:
+  - {{name: first, type: shell, with: {{command: "touch {marker}"}}}}
+  - {{name: deploy, type: deploy, needs: [first], with: {{manifests: [m.yaml], namespace: n}}}}
+""", "s.yaml")
+    proc = cli("run", "--scenario", "s.yaml", "--kubeconfig", "/nonexistent", "--installer", "sandbox",
+               "--results-dir", "R", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xci-cn: s.yaml:5: stages[1].with: m.yaml:")
+    assert expected in lines[0]
+    assert "Traceback" not in proc.stderr and not marker.exists() and not (tmp_path / "R").exists()
+
+
+def test_a_50_mb_manifest_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    big = tmp_path / "m.yaml"
+    with open(big, "wb") as handle:
+        handle.write(b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n")
+        chunk = b"  k: " + b"x" * 1_000_000 + b"\n"
+        for _ in range(50):
+            handle.write(chunk)
+    write_scenario(tmp_path, """name: big
+installer: existing
+stages:
+  - {name: deploy, type: deploy, with: {manifests: [m.yaml], namespace: n}}
+""", "s.yaml")
+    proc = cli("validate", "s.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "m.yaml:1: file is 50000" in proc.stderr and "the limit is" in proc.stderr
+
+
+def test_a_50_mb_scenario_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as handle:
+        handle.write(b"name: big\n")
+        handle.truncate(50 * 1024 * 1024)
+    proc = cli("validate", "big.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("xci-cn: big.yaml:1: file is 52428800 bytes")
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("not: [a kubeconfig", "kubeconfig"),
+    ("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n", "kubeconfig"),
+    ("\x00\x01\x02binary", "kubeconfig"),
+])
+def test_bad_kubeconfig_is_invalid_input(tmp_path: Path, content: str, expected: str) -> None:
+    (tmp_path / "kc").write_text(content)
+    proc = cli("run", "--installer", "existing", "--kubeconfig", "kc", "--results-dir", "R", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"xci-cn: {expected} kc") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "R").exists()
+
+
+def test_a_directory_as_kubeconfig_is_invalid_input(tmp_path: Path) -> None:
+    proc = cli("run", "--installer", "existing", "--kubeconfig", str(tmp_path), "--results-dir", "R",
+               cwd=tmp_path)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_unreachable_api_server_is_an_environment_problem(sandbox: dict, tmp_path: Path) -> None:
+    config = json.loads(json.dumps(__import__("yaml").safe_load(Path(sandbox["kubeconfig"]).read_text())))
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+    (tmp_path / "kc").write_text(json.dumps(config))
+    proc = cli("run", "--installer", "existing", "--kubeconfig", "kc", "--results-dir", "R", cwd=tmp_path,
+               timeout=120)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "R" / "summary.json").read_text())
+    error = summary["stages"][0]["error"]
+    assert error.startswith("API server https://127.0.0.1:") and "unreachable" in error
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# -- property-based: the loader raises nothing but its own validation error ---------------------
+yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                         st.text(max_size=20))
+yaml_values = st.recursive(yaml_scalars, lambda children: st.one_of(
+    st.lists(children, max_size=4), st.dictionaries(st.text(max_size=10), children, max_size=4)), max_leaves=20)
+stage_like = st.fixed_dictionaries({"name": st.one_of(st.text(max_size=12), st.just("a")),
+                                    "type": st.sampled_from(["shell", "ansible", "deploy", "verify", "nope", 3])},
+                                   optional={"needs": st.lists(st.sampled_from(["a", "b", "c"]), max_size=3),
+                                             "timeout": yaml_values, "retries": yaml_values,
+                                             "always": yaml_values, "with": yaml_values})
+scenario_like = st.fixed_dictionaries({"name": yaml_values, "stages": st.lists(stage_like, max_size=4)},
+                                      optional={"flavors": yaml_values, "installer": yaml_values,
+                                                "versions": yaml_values, "extra": yaml_values})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.text(max_size=300), scenario_like.map(json.dumps)))
+def test_the_scenario_loader_only_ever_raises_scenario_errors(text: str) -> None:
+    try:
+        scenario_from_loaded(load_yaml_text(text, "fuzz.yaml"))
+    except ScenarioError as exc:
+        assert all(line.startswith("fuzz.yaml") for line in exc.lines()), exc.lines()
