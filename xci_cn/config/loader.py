@@ -90,12 +90,21 @@ class _Walker:
         return self.loader.construct_object(node, deep=True)
 
 
+def _yaml_problem(exc: yaml.YAMLError, path: str) -> ScenarioError:
+    """One located line for any error of the YAML parser."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        return ScenarioError([f"{path}:{line}: invalid YAML: {exc.problem or exc.context or 'invalid YAML'}"])
+    return ScenarioError([f"{path}:1: invalid YAML: {getattr(exc, 'reason', None) or exc}"])
+
+
 def load_yaml_text(text: str, path: str) -> LoadedYaml:
     """Parse one YAML document from ``text``; ``path`` is used in messages."""
     try:
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as exc:  # the reader refuses control characters up front
-        raise ScenarioError([f"{path}:1: invalid YAML: {getattr(exc, 'reason', exc)}"]) from None
+        raise _yaml_problem(exc, path) from None
     try:
         root = loader.get_single_node()
         if root is None:
@@ -103,13 +112,8 @@ def load_yaml_text(text: str, path: str) -> LoadedYaml:
         walker = _Walker(path, loader)
         data = walker.walk(root, ())
         return LoadedYaml(path, data, walker.lines)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ScenarioError([f"{path}:{line}: invalid YAML: {problem}"]) from None
     except yaml.YAMLError as exc:
-        raise ScenarioError([f"{path}:1: invalid YAML: {exc}"]) from None
+        raise _yaml_problem(exc, path) from None
     finally:
         loader.dispose()
 
@@ -149,7 +153,7 @@ def load_yaml_documents(text: str, path: str) -> list[LoadedYaml]:
     try:
         loader = _FastLoader(text)
     except yaml.YAMLError as exc:
-        raise ScenarioError([f"{path}:1: invalid YAML: {getattr(exc, 'reason', exc)}"]) from None
+        raise _yaml_problem(exc, path) from None
     documents: list[LoadedYaml] = []
     walker = _Walker(path, loader)
     try:
@@ -162,12 +166,7 @@ def load_yaml_documents(text: str, path: str) -> list[LoadedYaml]:
             if data is not None:
                 documents.append(LoadedYaml(path, data, walker.lines))
         return documents
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ScenarioError([f"{path}:{line}: invalid YAML: {problem}"]) from None
     except yaml.YAMLError as exc:
-        raise ScenarioError([f"{path}:1: invalid YAML: {exc}"]) from None
+        raise _yaml_problem(exc, path) from None
     finally:
         loader.dispose()

@@ -54,6 +54,19 @@ class DeployRecord:
                 "steps": self.steps, "rollout": self.rollout}
 
 
+def start_traffic_rollout(engine: Engine, plan: DeployPlan) -> tuple[DeployRecord, Any]:
+    """Apply and wait, then check the routing objects bluegreen and canary move
+    traffic through: (record, Router)."""
+    from xci_cn.k8s.istio import Router
+
+    assert plan.target and plan.stable and plan.canary
+    record = DeployRecord()
+    engine.apply_and_wait(plan.manifests, plan.timeout, record)
+    router = Router(engine.resources, plan.target)
+    router.require_subsets(plan.stable, plan.canary)
+    return record, router
+
+
 class Engine:
     """Applies and waits; strategies call it."""
 

@@ -4,17 +4,14 @@ once; the old version stays (scaled up) until promotion, for rollback."""
 from __future__ import annotations
 
 from xci_cn.errors import PermanentError
-from xci_cn.k8s.istio import RolloutState, Router, now_iso
-from xci_cn.k8s.strategies.base import DeployPlan, DeployRecord, Engine, StepHook
+from xci_cn.k8s.istio import RolloutState, now_iso
+from xci_cn.k8s.strategies.base import DeployPlan, DeployRecord, Engine, StepHook, start_traffic_rollout
 from xci_cn.k8s.strategies.lifecycle import rollback
 
 
 def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> DeployRecord:
+    record, router = start_traffic_rollout(engine, plan)
     assert plan.target and plan.stable and plan.canary
-    record = DeployRecord()
-    engine.apply_and_wait(plan.manifests, plan.timeout, record)
-    router = Router(engine.resources, plan.target)
-    router.require_subsets(plan.stable, plan.canary)
     state = RolloutState("bluegreen", plan.stable, plan.canary, "switched")
     weights = {plan.stable: 0, plan.canary: 100}
     step = {"step": 1, "weights": weights, "at": now_iso(), "action": "switch"}

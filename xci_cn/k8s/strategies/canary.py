@@ -5,17 +5,14 @@ traffic to the canary; the hook between steps decides whether to go on."""
 from __future__ import annotations
 
 from xci_cn.errors import PermanentError, RolloutPaused
-from xci_cn.k8s.istio import RolloutState, Router, now_iso
-from xci_cn.k8s.strategies.base import DeployPlan, DeployRecord, Engine, StepHook
+from xci_cn.k8s.istio import RolloutState, now_iso
+from xci_cn.k8s.strategies.base import DeployPlan, DeployRecord, Engine, StepHook, start_traffic_rollout
 from xci_cn.k8s.strategies.lifecycle import rollback
 
 
 def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> DeployRecord:
+    record, router = start_traffic_rollout(engine, plan)
     assert plan.target and plan.stable and plan.canary
-    record = DeployRecord()
-    engine.apply_and_wait(plan.manifests, plan.timeout, record)
-    router = Router(engine.resources, plan.target)
-    router.require_subsets(plan.stable, plan.canary)
     state = RolloutState("canary", plan.stable, plan.canary, "progressing")
     for index, weight in enumerate(plan.steps, start=1):
         engine.cancel_check()
