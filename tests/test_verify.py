@@ -232,6 +232,11 @@ def test_bad_canary_is_rolled_back_by_analysis(sandbox: dict, mesh_service: tupl
     status = json.loads(kubectl(sandbox, "get", "virtualservice", "http-lb", "-n", namespace, "-o", "json"))
     state = json.loads(status["metadata"]["annotations"]["xci-cn.opnfv.org/rollout"])
     assert state["phase"] == "rolled-back"
+    # The real failed canary is charted in report.html (each chart is drawn
+    # wide and narrow): the shift and the rollback, the failing metric point.
+    report = (tmp_path / "R" / "report.html").read_text()
+    assert report.count('<g class="step"') == 4 and report.count('data-action="rollback"') == 2
+    assert 'data-metric="request-success-rate"' in report and 'data-passed="false"' in report
 
 
 def test_good_canary_passes_every_step_with_analysis(sandbox: dict, mesh_service: tuple, tmp_path: Path
