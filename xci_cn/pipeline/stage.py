@@ -190,6 +190,16 @@ def find_kubeconfig(ctx: StageContext) -> str | None:
     return ctx.inputs.kubeconfig
 
 
+def require_kubeconfig(ctx: StageContext) -> str:
+    """``find_kubeconfig``, or InvalidInput saying how to give one."""
+    kubeconfig = find_kubeconfig(ctx)
+    if not kubeconfig:
+        from xci_cn.errors import InvalidInput
+
+        raise InvalidInput(f"stage {ctx.stage} needs a cluster: a provision stage before it, or --kubeconfig")
+    return kubeconfig
+
+
 class StageType(Protocol):
     """A pluggable kind of stage."""
 

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from xci_cn.config.model import Duration
 from xci_cn.errors import InvalidInput, ScenarioError
 from xci_cn.paths import REPO_ROOT
-from xci_cn.pipeline.stage import StageContext, StageOptions, find_kubeconfig
+from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
 from xci_cn.verify.analysis import AnalysisSpec
 
 
@@ -95,9 +95,7 @@ class DeployStage:
         from xci_cn.k8s.strategies import bluegreen, canary, rolling
         from xci_cn.k8s.strategies.base import DeployPlan, Engine
 
-        kubeconfig = find_kubeconfig(ctx)
-        if not kubeconfig:
-            raise InvalidInput("deploy needs a cluster: a provision stage before it, or --kubeconfig")
+        kubeconfig = require_kubeconfig(ctx)
         manifests = load_manifests([resolve_manifest_path(m) for m in options.manifests], options.namespace)
         target = None
         if options.strategy != "rolling":

@@ -7,8 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from xci_cn.errors import InvalidInput
-from xci_cn.pipeline.stage import StageContext, StageOptions, find_kubeconfig
+from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
 
 
 class RolloutOptions(StageOptions):
@@ -44,9 +43,7 @@ class RolloutStage:
     options_model: ClassVar[type[StageOptions]] = RolloutOptions
 
     def run(self, ctx: StageContext, options: RolloutOptions) -> dict[str, Any]:
-        kubeconfig = find_kubeconfig(ctx)
-        if not kubeconfig:
-            raise InvalidInput("rollout needs a cluster: a provision stage before it, or --kubeconfig")
+        kubeconfig = require_kubeconfig(ctx)
         result = run_rollout(kubeconfig, options.action, options.namespace, options.service, options.host,
                              options.app, reason=f"stage {ctx.stage}")
         if options.action == "rollback":

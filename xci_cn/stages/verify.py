@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from xci_cn.errors import InvalidInput, PermanentError, RolloutPaused
-from xci_cn.pipeline.stage import StageContext, StageOptions, find_kubeconfig
+from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
 from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, AnalysisSpec
 from xci_cn.verify.platform import PlatformCheck
 from xci_cn.verify.probes import HttpCheck, SplitCheck
@@ -139,10 +139,7 @@ class VerifyStage:
     def _connect(self, ctx: StageContext) -> Any:
         from xci_cn.k8s.client import connect
 
-        kubeconfig = find_kubeconfig(ctx)
-        if not kubeconfig:
-            raise InvalidInput("verify needs a cluster: a provision stage before it, or --kubeconfig")
-        return connect(kubeconfig)
+        return connect(require_kubeconfig(ctx))
 
     def _router(self, options: VerifyOptions, resources: Any, service: str | None) -> Any:
         from xci_cn.k8s.istio import RolloutTarget, Router

@@ -67,6 +67,34 @@ def start_traffic_rollout(engine: Engine, plan: DeployPlan) -> tuple[DeployRecor
     return record, router
 
 
+def run_step_hook(hook: StepHook | None, step: dict[str, Any], router: Any, state: Any, record: DeployRecord,
+                  where: str, mirror: tuple[str, float] | None = None) -> None:
+    """Run the hook after a traffic change. PermanentError (a Failed
+    analysis): roll back, read back, raise with what was done so far.
+    RolloutPaused (Inconclusive, policy pause): record the phase, weights stay."""
+    from xci_cn.errors import PermanentError, RolloutPaused
+    from xci_cn.k8s.strategies.lifecycle import rollback
+
+    if hook is None:
+        return
+    try:
+        hook(step)
+    except PermanentError as exc:
+        result = rollback(router, reason=str(exc))
+        record.steps.append(result["step"])
+        record.rollout = {**state.as_dict(), "phase": "rolled-back", "read_back": result["read_back"]}
+        raise PermanentError(f"{where}: {exc}; read-back: {state.stable} has 100%",
+                             record.as_outputs()) from None
+    except RolloutPaused as exc:
+        state.phase = "paused"
+        router.set_weights(step["weights"], state, mirror)  # records the phase; weights stay
+        record.rollout = state.as_dict()
+        target = router.target
+        raise RolloutPaused(f"{where.replace('rolled back', 'paused')}: {exc}; decide with 'xci-cn rollout "
+                            f"promote|rollback -n {target.namespace} --service {target.service}'",
+                            record.as_outputs()) from None
+
+
 class Engine:
     """Applies and waits; strategies call it."""
 

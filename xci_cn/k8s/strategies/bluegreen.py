@@ -3,10 +3,15 @@ once; the old version stays (scaled up) until promotion, for rollback."""
 
 from __future__ import annotations
 
-from xci_cn.errors import PermanentError
 from xci_cn.k8s.istio import RolloutState, now_iso
-from xci_cn.k8s.strategies.base import DeployPlan, DeployRecord, Engine, StepHook, start_traffic_rollout
-from xci_cn.k8s.strategies.lifecycle import rollback
+from xci_cn.k8s.strategies.base import (
+    DeployPlan,
+    DeployRecord,
+    Engine,
+    StepHook,
+    run_step_hook,
+    start_traffic_rollout,
+)
 
 
 def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> DeployRecord:
@@ -19,12 +24,6 @@ def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> Deplo
     router.set_weights(weights, state)
     record.steps.append(step)
     engine.say(f"blue/green: switched all traffic from {plan.stable} to {plan.canary}")
-    if hook is not None:
-        try:
-            hook(step)
-        except PermanentError as exc:
-            result = rollback(router, reason=str(exc))
-            record.steps.append(result["step"])
-            raise PermanentError(f"blue/green switch to {plan.canary} rolled back: {exc}") from None
+    run_step_hook(hook, step, router, state, record, f"blue/green switch to {plan.canary} rolled back")
     record.rollout = state.as_dict()
     return record

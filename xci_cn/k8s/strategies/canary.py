@@ -4,10 +4,15 @@ traffic to the canary; the hook between steps decides whether to go on."""
 
 from __future__ import annotations
 
-from xci_cn.errors import PermanentError, RolloutPaused
 from xci_cn.k8s.istio import RolloutState, now_iso
-from xci_cn.k8s.strategies.base import DeployPlan, DeployRecord, Engine, StepHook, start_traffic_rollout
-from xci_cn.k8s.strategies.lifecycle import rollback
+from xci_cn.k8s.strategies.base import (
+    DeployPlan,
+    DeployRecord,
+    Engine,
+    StepHook,
+    run_step_hook,
+    start_traffic_rollout,
+)
 
 
 def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> DeployRecord:
@@ -27,21 +32,7 @@ def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> Deplo
         record.steps.append(step)
         engine.say(f"canary step {index}/{len(plan.steps)}: {plan.stable} {100 - weight}% / "
                    f"{plan.canary} {weight}%")
-        if hook is not None:
-            try:
-                hook(step)
-            except PermanentError as exc:
-                result = rollback(router, reason=str(exc))
-                record.steps.append(result["step"])
-                record.rollout = {**state.as_dict(), "phase": "rolled-back", "read_back": result["read_back"]}
-                raise PermanentError(f"canary {plan.canary} rolled back at step {index} ({weight}%): {exc}; "
-                                     f"read-back: {plan.stable} has 100%", record.as_outputs()) from None
-            except RolloutPaused as exc:
-                state.phase = "paused"
-                router.set_weights(weights, state, mirror)  # records the phase; weights stay
-                record.rollout = state.as_dict()
-                raise RolloutPaused(f"canary {plan.canary} paused at step {index} ({weight}%): {exc}; "
-                                    f"decide with 'xci-cn rollout promote|rollback -n {plan.target.namespace} "
-                                    f"--service {plan.target.service}'", record.as_outputs()) from None
+        run_step_hook(hook, step, router, state, record,
+                      f"canary {plan.canary} rolled back at step {index} ({weight}%)", mirror)
     record.rollout = state.as_dict()
     return record
