@@ -67,8 +67,8 @@ class StrictModel(BaseModel):
 
 
 class Versions(StrictModel):
-    kubernetes: str | None = None
-    istio: str | None = None
+    kubernetes: str | None = Field(default=None, description="Kubernetes version the scenario pins.")
+    istio: str | None = Field(default=None, description="Istio version the scenario pins.")
 
     @field_validator("kubernetes", "istio", mode="before")
     @classmethod

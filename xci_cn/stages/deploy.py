@@ -29,7 +29,9 @@ def resolve_manifest_path(raw: str) -> Path:
 class DeployOptions(StageOptions):
     manifests: list[str] = Field(min_length=1, description="Files or directories of multi-document YAML.")
     namespace: str | None = Field(default=None, description="Namespace for objects that name none.")
-    strategy: Literal["rolling", "bluegreen", "canary"] = Field(default="rolling")
+    strategy: Literal["rolling", "bluegreen", "canary"] = Field(
+        default="rolling", description="rolling: apply and wait; bluegreen: switch all traffic at once; "
+                                       "canary: step the weights.")
     service: str | None = Field(default=None, description="VirtualService/DestinationRule name whose "
                                                           "traffic moves (bluegreen, canary).")
     host: str | None = Field(default=None,

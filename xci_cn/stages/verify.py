@@ -20,12 +20,12 @@ from xci_cn.verify.probes import HttpCheck, SplitCheck
 
 
 class MeshCheck(StageOptions):
-    type: Literal["mesh"]
+    type: Literal["mesh"] = Field(description="Mesh configuration checks.")
     namespace: str | None = Field(default=None, description="Namespace to check (default: the stage's).")
 
 
 class AnalysisCheck(AnalysisSpec):
-    type: Literal["analysis"]
+    type: Literal["analysis"] = Field(description="Metric analysis of a canary.")
     rollback: bool = Field(default=True, description="Roll the canary back when the verdict is Failed.")
 
 

@@ -103,7 +103,9 @@ class AnalysisSpec(BaseModel):
     window: Duration = Field(default=60.0, description="Range of rate() in the built-in queries.")
     inconclusive: Literal["pause", "fail", "pass"] = Field(
         default="pause", description="What an Inconclusive verdict does to a rollout.")
-    metrics: list[MetricSpec] = Field(default_factory=default_metrics, min_length=1)
+    metrics: list[MetricSpec] = Field(default_factory=default_metrics, min_length=1,
+                                      description="Metrics judged (default: success rate >= 99 %, "
+                                                  "p99 latency <= 500 ms).")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from xci_cn.verify.mesh import Finding
 class PlatformCheck(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Literal["platform"]
+    type: Literal["platform"] = Field(description="Platform checks.")
     istio: bool = Field(default=True, description="Istio's CRDs Established and istio-system present.")
     istiod: bool = Field(default=False, description="Deployment istio-system/istiod healthy (real clusters).")
     ingress_gateway: bool = Field(default=False, description="Deployment istio-system/istio-ingressgateway "

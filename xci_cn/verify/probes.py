@@ -18,12 +18,12 @@ from xci_cn.config.model import Duration
 class HttpCheck(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Literal["http"]
+    type: Literal["http"] = Field(description="An HTTP check.")
     name: str | None = Field(default=None, description="Testcase name (default: the URL).")
-    url: str
-    method: Literal["GET", "HEAD", "POST"] = "GET"
-    headers: dict[str, str] = Field(default_factory=dict)
-    expect_status: int = 200
+    url: str = Field(description="URL to request.")
+    method: Literal["GET", "HEAD", "POST"] = Field(default="GET", description="HTTP method.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Request headers.")
+    expect_status: int = Field(default=200, description="Status the answer must have.")
     expect_body: str | None = Field(default=None, description="Regular expression the body must match.")
     retries: int = Field(default=3, ge=0, le=20, description="Extra attempts, with backoff.")
     timeout: Duration = Field(default=5.0, description="Per request.")
@@ -32,10 +32,10 @@ class HttpCheck(BaseModel):
 class SplitCheck(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Literal["split"]
-    name: str | None = None
-    url: str
-    requests: int = Field(default=200, ge=10, le=100_000)
+    type: Literal["split"] = Field(description="A weighted-split check.")
+    name: str | None = Field(default=None, description="Testcase name (default: the URL).")
+    url: str = Field(description="URL whose answers say which version served them.")
+    requests: int = Field(default=200, ge=10, le=100_000, description="Requests sent.")
     weights: dict[str, float] | None = Field(
         default=None, description="Expected percent per version; default: the VirtualService's stored "
                                   "weights for `service`.")
@@ -45,7 +45,7 @@ class SplitCheck(BaseModel):
                                                               "in the body (instead of the header).")
     tolerance: float = Field(default=10.0, gt=0, le=100, description="Allowed difference in percentage "
                                                                      "points (Clover: 10 for 50/50).")
-    timeout: Duration = Field(default=5.0)
+    timeout: Duration = Field(default=5.0, description="Per request.")
 
 
 @dataclass
