@@ -112,7 +112,10 @@ def test_stage_selection(tmp_path: Path) -> None:
 SLOW = """name: slow
 stages:
   - {{name: first, type: shell, with: {{command: "echo first >> {log}"}}}}
-  - {{name: long, type: shell, needs: [first], with: {{command: "echo long >> {log}; sleep {sleep}"}}}}
+  - name: long
+    type: shell
+    needs: [first]
+    with: {{command: "echo long >> {log}; sleep {sleep} & echo $! > {log}.pid; wait"}}
   - {{name: after, type: shell, needs: [long], with: {{command: "echo after >> {log}"}}}}
   - {{name: logs, type: shell, needs: [after], always: true, with: {{command: "echo logs >> {log}"}}}}
 """
@@ -168,7 +171,7 @@ def test_resume_after_sigkill_skips_what_passed(tmp_path: Path) -> None:
     _wait_for_line(log, "long")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
-    subprocess.run(["pkill", "-KILL", "-f", "sleep 300"], check=False)  # the orphan of the killed run
+    os.kill(int(Path(f"{log}.pid").read_text()), signal.SIGKILL)  # the orphan of the killed run, by PID
     state = json.loads((tmp_path / "R" / "state.json").read_text())
     assert {s["name"]: s["status"] for s in state["stages"]}["first"] == "passed"
     # Same scenario, now fast: --resume must not run `first` again.
