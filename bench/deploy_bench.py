@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.test_deploy import sdc_copy
 from xci_cn.k8s.client import connect
 from xci_cn.k8s.manifests import load_manifests
 from xci_cn.k8s.resources import Resources
 from xci_cn.k8s.strategies.base import DeployRecord, Engine
-from xci_cn.paths import SAMPLES_DIR
 from xci_cn.sandbox.binaries import find_kubectl
 from xci_cn.sandbox.cluster import Sandbox
 
@@ -127,14 +127,7 @@ def main() -> int:
     try:
         sdc_times = []
         for _ in range(max(args.runs, 5)):
-            namespace = f"sdc-{uuid.uuid4().hex[:6]}"
-            target = work / namespace
-            shutil.copytree(SAMPLES_DIR / "sdc", target)
-            for path in target.glob("*.yaml"):
-                text = path.read_text().replace("namespace: sdc", f"namespace: {namespace}")
-                if path.name == "00-namespace.yaml":
-                    text = text.replace("name: sdc\n", f"name: {namespace}\n")
-                path.write_text(text.replace(".sdc.svc", f".{namespace}.svc"))
+            target, namespace = sdc_copy(work / uuid.uuid4().hex[:6])
             sdc_times.append(xci_cn_deploy(kubeconfig, target))
             delete_namespace(kubeconfig, namespace)
         sdc = statistics.median(sdc_times)

@@ -292,8 +292,6 @@ class Runner:
                         if decision == "run":
                             record.status = RUNNING
                             self._cancels[record.name] = threading.Event()
-                            if self._abort.is_set() and record.always:
-                                pass  # always stages start even after an abort
                             futures[pool.submit(self._execute, record, logs)] = record
                         elif decision is not None:
                             record.status = decision

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from xci_cn.errors import StageFailed, TemporaryError
+from xci_cn.errors import StageFailed
 
 
 class StageOptions(BaseModel):
@@ -212,4 +212,4 @@ class StageType(Protocol):
 
 
 __all__ = ["Cancelled", "Check", "RunInputs", "StageContext", "StageOptions", "StageType",
-           "TemporaryError", "kill_process_group"]
+           "kill_process_group"]
