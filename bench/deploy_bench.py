@@ -24,6 +24,7 @@ Usage: .venv/bin/python bench/deploy_bench.py [--name bench-deploy] [--runs 3]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import shutil
@@ -34,20 +35,20 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import urllib3
-import yaml
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+from kubernetes.watch.watch import iter_resp_lines
 
 from tests.test_deploy import sdc_copy
 from xci_cn.k8s.client import connect
+from xci_cn.k8s.health import HEALTHY, assess
 from xci_cn.k8s.manifests import load_manifests
 from xci_cn.k8s.resources import Resources
 from xci_cn.k8s.strategies.base import DeployRecord, Engine
@@ -124,27 +125,51 @@ def kubectl_baseline(kubeconfig: Path, directory: Path, namespace: str, expected
         time.sleep(2)
 
 
+class _Write(NamedTuple):
+    """One object of the ideal client, serialised before the clock starts."""
+
+    collection_url: str
+    url: str
+    body: bytes
+    dry_run_url: str
+    dry_run_body: bytes
+
+
 def ideal_client(kubeconfig: Path, directory: Path, namespace: str, *, preflight: bool, workers: int = 32) -> float:
-    """The lower bound: everything but the server's own work is taken out."""
-    settings = k8s_client.Configuration()
-    k8s_config.load_kube_config(str(kubeconfig), client_configuration=settings)
+    """The lower bound: everything but the server's own work is taken out.
+    Loading, discovery and serialising happen before the clock starts."""
+    cluster = connect(kubeconfig)
+    try:
+        resources = Resources(cluster)
+        settings = cluster.api.configuration
+        manifests = load_manifests([directory]).ordered()
+        writes = []
+        for manifest in manifests:
+            info = resources.lookup(manifest.api_version, manifest.kind)
+            assert info is not None, manifest.ref()
+            # The namespace does not exist yet during a pre-flight: validate in
+            # 'default', as Applier does.
+            dry_body = copy.deepcopy(manifest.body)
+            if manifest.namespace:
+                dry_body["metadata"]["namespace"] = "default"
+            writes.append(_Write(settings.host + info.path(manifest.namespace),
+                                 settings.host + info.path(manifest.namespace, manifest.name),
+                                 json.dumps(manifest.body).encode(),
+                                 settings.host + info.path(dry_body["metadata"].get("namespace"), manifest.name),
+                                 json.dumps(dry_body).encode()))
+        deployments_info = resources.lookup("apps/v1", "Deployment")
+        assert deployments_info is not None
+        deployments = settings.host + deployments_info.path(namespace)
+    finally:
+        cluster.close()
+    assert manifests[0].kind == "Namespace", "the namespace is written first"
+    namespace_write, objects = writes[0], writes[1:]
+    expected = sum(1 for manifest in manifests if manifest.kind == "Deployment")
     headers = {"Accept": "application/json"}
     if settings.api_key.get("authorization"):
         headers["Authorization"] = settings.api_key["authorization"]
     http = urllib3.PoolManager(maxsize=workers, cert_file=settings.cert_file, key_file=settings.key_file,
                                ca_certs=settings.ssl_ca_cert)
-    plural = {"Namespace": "namespaces", "Deployment": "deployments", "Service": "services",
-              "DestinationRule": "destinationrules", "VirtualService": "virtualservices"}
-    writes = []  # (collection URL, name, JSON body), ready before the clock starts
-    for path in sorted(directory.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            group = "/api/v1" if doc["apiVersion"] == "v1" else f"/apis/{doc['apiVersion']}"
-            scope = f"/namespaces/{namespace}" if doc["kind"] != "Namespace" else ""
-            writes.append((f"{settings.host}{group}{scope}/{plural[doc['kind']]}", doc["metadata"]["name"],
-                           json.dumps(doc).encode()))
-    (namespace_url, _, namespace_body), objects = writes[0], writes[1:]
-    deployments = f"{settings.host}/apis/apps/v1/namespaces/{namespace}/deployments"
-    expected = sum(1 for url, _, _ in objects if url == deployments)
 
     def call(method: str, url: str, body: bytes | None = None, content_type: str = "application/json",
              **query: str) -> dict:
@@ -155,52 +180,35 @@ def ideal_client(kubeconfig: Path, directory: Path, namespace: str, *, preflight
             raise RuntimeError(f"{method} {url}: {response.status} {response.data[:200]!r}")
         return json.loads(response.data)
 
-    def write(item: tuple[str, str, bytes]) -> None:
-        url, name, body = item
-        if not preflight:
-            call("POST", url, body)
-            return
-        call("PATCH", f"{url}/{name}", body, "application/apply-patch+yaml", fieldManager="ideal", force="true")
-
-    def dry_run(item: tuple[str, str, bytes]) -> None:
-        url, name, body = item
-        # The namespace does not exist yet during a pre-flight: validate in default.
-        url = url.replace(f"/namespaces/{namespace}/", "/namespaces/default/")
-        body = body.replace(f'"namespace": "{namespace}"'.encode(), b'"namespace": "default"')
-        call("PATCH", f"{url}/{name}", body, "application/apply-patch+yaml", fieldManager="ideal",
-             force="true", dryRun="All")
+    def write(item: _Write, dry_run: bool = False) -> None:
+        if dry_run:
+            call("PATCH", item.dry_run_url, item.dry_run_body, "application/apply-patch+yaml",
+                 fieldManager="ideal", force="true", dryRun="All")
+        elif preflight:
+            call("PATCH", item.url, item.body, "application/apply-patch+yaml", fieldManager="ideal", force="true")
+        else:
+            call("POST", item.collection_url, item.body)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         if preflight:
-            list(pool.map(dry_run, objects))
-        call("POST", namespace_url, namespace_body)
+            list(pool.map(lambda item: write(item, dry_run=True), objects))
+        call("POST", namespace_write.collection_url, namespace_write.body)
         version = call("GET", deployments)["metadata"]["resourceVersion"]
         list(pool.map(write, objects))
     available: set[str] = set()
     watch = http.request("GET", f"{deployments}?watch=true&resourceVersion={version}", headers=headers,
                          preload_content=False)
     try:
-        for line in _lines(watch):
+        for line in iter_resp_lines(watch):
             obj = json.loads(line)["object"]
-            status, spec = obj.get("status", {}), obj["spec"]
-            if (status.get("observedGeneration", 0) >= obj["metadata"]["generation"]
-                    and status.get("updatedReplicas") == status.get("availableReplicas") == spec["replicas"]):
+            if assess(obj).status == HEALTHY:
                 available.add(obj["metadata"]["name"])
             if len(available) == expected:
                 return time.perf_counter() - started
     finally:
         watch.release_conn()
     raise RuntimeError("the watch ended before every Deployment was Available")
-
-
-def _lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    """Watch events, one JSON document per line."""
-    pending = b""
-    for chunk in response.stream(64 * 1024):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from (line for line in complete if line)
 
 
 def delete_namespace(kubeconfig: Path, namespace: str) -> None:
