@@ -21,11 +21,17 @@ def write_scenario(directory: Path, text: str, name: str = "scenario.yaml") -> P
     return path
 
 
-def run_scenario(directory: Path, text: str, **runner_options) -> RunResult:
+def make_runner(directory: Path, text: str, **runner_options) -> Runner:
+    """A Runner for the scenario ``text`` (written to ``directory``), results
+    in ``directory/results``, with a short retry backoff."""
     scenario = load_scenario_file(write_scenario(directory, text))
     inputs = RunInputs(scenario=scenario.name, flavor=scenario.flavors[0], installer=scenario.installer)
     runner_options.setdefault("retry_backoff", 0.05)
-    return Runner(scenario, inputs, directory / "results", **runner_options).run()
+    return Runner(scenario, inputs, directory / "results", **runner_options)
+
+
+def run_scenario(directory: Path, text: str, **runner_options) -> RunResult:
+    return make_runner(directory, text, **runner_options).run()
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from xci_cn import __version__
-from xci_cn.errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INVALID_INPUT, InvalidInput, XciCnError
+from xci_cn.errors import EXIT_FAILED, EXIT_INVALID_INPUT, InvalidInput, XciCnError
 
 DEFAULT_SCENARIO = "k8-nosdn-istio"
 DEFAULT_FLAVOR = "mini"
@@ -216,7 +216,6 @@ def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[st
     import contextlib
 
     from xci_cn.console import PlainConsole
-    from xci_cn.errors import Interrupted
     from xci_cn.pipeline.runner import Runner
     from xci_cn.report import write_results
     from xci_cn.secrets import redactor
@@ -258,13 +257,7 @@ def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[st
     console.line(f"result {result.status.upper()} in {result.duration:.1f}s"
                  + (f"; failed: {', '.join(failed)}" if failed else "")
                  + f"; results in {results_dir}")
-    if result.interrupted_by:
-        return Interrupted(result.interrupted_by).exit_code
-    if result.invalid_input:
-        return EXIT_INVALID_INPUT
-    if result.environment_problem:
-        return EXIT_ENVIRONMENT
-    return EXIT_FAILED if failed else 0
+    return result.exit_code
 
 
 

@@ -7,14 +7,25 @@ message and an exit code::
     ├── InvalidInput                exit 2  bad scenario, option, manifest, kubeconfig
     │   └── ScenarioError           exit 2  one or more located scenario problems
     ├── EnvironmentProblem          exit 3  a tool or service the run needs is missing/unreachable
-    ├── StageFailed                 exit 1  a stage did not do its job (retried if allowed)
-    │   ├── TemporaryError          exit 1  "not yet": worth another attempt
+    ├── StageFailed                 exit 1  a stage did not do its job (not retried)
+    │   ├── TemporaryError          exit 1  "not yet": the only failure worth another attempt
     │   ├── PermanentError          exit 1  retrying cannot help
-    │   └── RolloutPaused           exit 1  analysis inconclusive, rollout left paused
+    │   ├── RolloutPaused           exit 1  analysis inconclusive, rollout left paused
+    │   └── Cancelled               exit 1  the attempt was cancelled (timeout or abort)
     └── Interrupted                 exit 130 (SIGINT) / 143 (SIGTERM)
+
+A failed call to the Kubernetes API is one of these as well, raised where the
+request is made (``xci_cn.k8s.resources``); each also is an ``ApiError``
+naming what was asked for::
+
+    NotFound (PermanentError)   Conflict (PermanentError)   Forbidden (PermanentError)
+    Rejected (InvalidInput)     Unauthorized (InvalidInput)
+    Unavailable (EnvironmentProblem)   Overloaded (TemporaryError)
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -59,11 +70,9 @@ class EnvironmentProblem(XciCnError):
 
 
 class StageFailed(XciCnError):
-    """A stage failed. The runner retries it while attempts remain.
+    """A stage failed; the runner does not retry it (see ``TemporaryError``).
     ``outputs`` keeps what the stage did before failing (a canary's steps
     up to its rollback) for summary.json and the report."""
-
-    retryable = True
 
     def __init__(self, message: str, outputs: dict | None = None):
         super().__init__(message)
@@ -71,22 +80,74 @@ class StageFailed(XciCnError):
 
 
 class TemporaryError(StageFailed):
-    """The stage may succeed on another attempt (not ready, no data yet)."""
+    """The stage may succeed on another attempt (not ready, no data yet, a
+    command that failed this time). ``delay``: seconds to wait before the
+    next attempt, instead of the run's backoff."""
 
-    retryable = True
+    def __init__(self, message: str, outputs: dict | None = None, *, delay: float | None = None):
+        super().__init__(message, outputs)
+        self.delay = delay
 
 
 class PermanentError(StageFailed):
     """Another attempt cannot help (the canary broke its SLO, bad manifest)."""
-
-    retryable = False
 
 
 class RolloutPaused(StageFailed):
     """Analysis was Inconclusive and its policy is 'pause': the rollout stays
     at its current weights for a person to promote or roll back."""
 
-    retryable = False
+
+class Cancelled(StageFailed):
+    """The attempt was cancelled (its timeout, or the run was aborted). Every
+    layer may raise it where it notices its cancel event is set."""
+
+
+class CancelEvent(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def raise_if_set(cancel: CancelEvent | None) -> None:
+    """Raise ``Cancelled`` when ``cancel`` (a threading.Event) is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+
+
+class ApiError(XciCnError):
+    """Mixed into the errors of a failed Kubernetes API call: ``what`` was
+    being done, the HTTP ``status`` (0 when no answer came)."""
+
+    what: str = ""
+    status: int = 0
+
+
+class NotFound(ApiError, PermanentError):
+    """404: the object (or its kind) does not exist."""
+
+
+class Conflict(ApiError, PermanentError):
+    """409: the object changed or already exists."""
+
+
+class Forbidden(ApiError, PermanentError):
+    """403: the identity lacks a permission; the message names it."""
+
+
+class Rejected(ApiError, InvalidInput):
+    """400/422 (or a typed-patch 500): the API server refused the object
+    itself; the message names the field."""
+
+
+class Unauthorized(ApiError, InvalidInput):
+    """401: the kubeconfig's credentials are not accepted."""
+
+
+class Unavailable(ApiError, EnvironmentProblem):
+    """No answer: the API server is unreachable (after retrying)."""
+
+
+class Overloaded(ApiError, TemporaryError):
+    """429/5xx still answered after retrying: another attempt may pass."""
 
 
 class Interrupted(XciCnError):

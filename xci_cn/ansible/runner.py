@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xci_cn.errors import EnvironmentProblem, StageFailed
+from xci_cn.errors import Cancelled, EnvironmentProblem, StageFailed, TemporaryError
 from xci_cn.secrets import SECRET_KEY_PATTERN
 
 
@@ -142,11 +142,10 @@ def run_playbook(
     result = PlaybookResult(runner.status, runner.rc, runner.stats or {}, artifacts, failures)
     log.info("ansible: playbook %s finished: %s (rc=%s)", playbook.name, runner.status, runner.rc)
     if runner.status == "canceled":
-        from xci_cn.pipeline.stage import Cancelled
-
         raise Cancelled("cancelled")
+    # A failed task may pass on another attempt (a host that was not up yet).
     if runner.status != "successful":
         if failures:
-            raise StageFailed(f"{playbook.name}: {failures[0]}")
-        raise StageFailed(f"{playbook.name}: ansible-playbook {runner.status} (rc={runner.rc})")
+            raise TemporaryError(f"{playbook.name}: {failures[0]}")
+        raise TemporaryError(f"{playbook.name}: ansible-playbook {runner.status} (rc={runner.rc})")
     return result

@@ -8,6 +8,7 @@ reported as ``file:line: field: message`` before anything runs.
 from __future__ import annotations
 
 import re
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -183,29 +184,18 @@ def _dag_problems(loaded: LoadedYaml, scenario: Scenario) -> list[str]:
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle in ``graph`` (node -> needs) as ``[a, b, a]``, or None."""
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in graph.get(node, []):
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
+    """A cycle in ``graph`` (node -> needs) as ``[a, b, a]`` (a needs b),
+    starting at its first node in ``graph``'s order; None without one."""
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as exc:
+        # graphlib lists each node before the ones that need it; a need
+        # points the other way.
+        cycle = list(reversed(exc.args[1]))[:-1]
+        order = {name: index for index, name in enumerate(graph)}
+        first = min(range(len(cycle)), key=lambda i: order.get(cycle[i], len(order)))
+        cycle = cycle[first:] + cycle[:first]
+        return [*cycle, cycle[0]]
     return None
 
 

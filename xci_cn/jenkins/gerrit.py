@@ -242,7 +242,7 @@ def detect(change: Change, repo: Path, environ: Mapping[str, str] | None = None,
 def write_detection(detection: Detection, output: Path, results_dir: Path | None = None) -> list[Path]:
     """Write scenario.properties for EnvInject; for a skipped verify also a
     junit.xml in ``results_dir`` recording the skip (what Jenkins shows)."""
-    from xci_cn.pipeline.state import write_text_atomic
+    from xci_cn.files import write_text_atomic
     from xci_cn.report.properties import render_properties
 
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -3,22 +3,31 @@ the report's DAG view)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from graphlib import TopologicalSorter
+from typing import Protocol
 
 
-def levels(scenario: Any) -> list[list[str]]:
-    """Stages grouped so that each group needs only earlier groups."""
-    depth: dict[str, int] = {}
-    specs = {s.name: s for s in scenario.stages}
+class Node(Protocol):
+    name: str
+    needs: Iterable[str]
 
-    def of(name: str) -> int:
-        if name not in depth:
-            depth[name] = 1 + max((of(n) for n in specs[name].needs), default=-1)
-        return depth[name]
 
-    for name in specs:
-        of(name)
-    out: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-    for name in specs:
-        out[depth[name]].append(name)
+class HasStages(Protocol):
+    @property
+    def stages(self) -> Iterable[Node]: ...
+
+
+def levels(scenario: HasStages) -> list[list[str]]:
+    """Stages grouped so that each group needs only earlier groups, each group
+    in the scenario's order."""
+    stages = list(scenario.stages)
+    order = {s.name: index for index, s in enumerate(stages)}
+    sorter = TopologicalSorter({s.name: list(s.needs) for s in stages})
+    sorter.prepare()
+    out: list[list[str]] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=lambda name: order.get(name, len(order)))
+        out.append(ready)
+        sorter.done(*ready)
     return out

@@ -1,87 +1,74 @@
 """The DAG engine: runs a scenario's stages in dependency order.
 
-Independent stages run concurrently (bounded by ``jobs``); each attempt has a
-hard timeout after which the stage is cancelled; failed attempts are retried
-with exponential backoff; ``always`` stages run after failures and aborts.
-Every transition is persisted to ``state.json``. The runner never prints: it
-calls ``on_transition`` and returns a ``RunResult``; the CLI talks to people.
+``graphlib.TopologicalSorter`` hands out the stages whose needs are done;
+independent ones run concurrently (bounded by ``jobs``). Each attempt runs in
+a thread of its own with a hard timeout and a cancel event of its own, set by
+its timeout or by the run's abort and never cleared. Only a ``TemporaryError``
+(or a timeout the attempt obeyed) is retried, and never while the previous
+attempt still runs: an attempt that ignores its cancel for the grace period
+fails the stage for good, and no stage starts until that thread has ended.
+``always`` stages run after failures and aborts. Every transition is
+persisted to ``state.json``. The runner never prints: it calls
+``on_transition`` and returns a ``RunResult``; the CLI talks to people.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import queue
 import threading
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
 from xci_cn.config.model import Scenario, StageSpec
-from xci_cn.errors import EnvironmentProblem, InvalidInput, StageFailed, XciCnError
+from xci_cn.errors import Cancelled, EnvironmentProblem, InvalidInput, TemporaryError, XciCnError
 from xci_cn.pipeline.plan import levels
 from xci_cn.pipeline.registry import StageRegistry, stage_types
-from xci_cn.pipeline.stage import Cancelled, RunInputs, StageContext
+from xci_cn.pipeline.stage import RunInputs, StageContext, StageType
 from xci_cn.pipeline.state import (
-    CANCELLED,
-    FAILED,
-    NOT_SELECTED,
-    PASSED,
-    PENDING,
-    RUNNING,
-    SKIPPED,
-    TERMINAL,
     AttemptRecord,
+    Outcome,
+    RunResult,
+    RunStatus,
     StageRecord,
+    StateDocument,
+    Status,
     fingerprint,
     load_state,
     state_document,
-    write_json_atomic,
+    write_state,
 )
 
-# After a timeout or abort, how long a cancelled stage gets to clean up
-# before the runner stops waiting for it.
+# After a timeout or abort, how long a cancelled attempt gets to stop before
+# the stage is failed for good.
 CANCEL_GRACE_SECONDS = 10.0
+# How long the run waits for an attempt that did not stop before it gives up
+# on the stages still to run (they are not started beside it).
+LEFTOVER_WAIT_SECONDS = 300.0
 MAX_BACKOFF_SECONDS = 30.0
+
+__all__ = ["CANCEL_GRACE_SECONDS", "Runner", "RunResult"]
+
+Transition = Callable[[StageRecord, str], None]
 
 
 @dataclass
-class RunResult:
-    run_id: str
-    scenario: Scenario
-    inputs: RunInputs
-    records: list[StageRecord]
-    started: float
-    duration: float
-    interrupted_by: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+class AttemptResult:
+    """How one attempt ended: ``retry_after`` is None when another attempt
+    cannot help, else the seconds to wait (0: the run's backoff)."""
 
-    @property
-    def invalid_input(self) -> bool:
-        """A stage failed because of the user's input (a manifest the API
-        server rejects, a bad kubeconfig): the run exits 2, not 1."""
-        return any(r.status == FAILED and r.invalid_input for r in self.records)
-
-    @property
-    def environment_problem(self) -> bool:
-        """A stage failed because something outside the input is missing or
-        unreachable (an API server, Prometheus): the run exits 3."""
-        return any(r.status == FAILED and r.environment_problem for r in self.records)
-
-    @property
-    def status(self) -> str:
-        if self.interrupted_by:
-            return "interrupted"
-        if any(r.status == FAILED for r in self.records):
-            return "failed"
-        return "passed"
-
-
-Transition = Callable[[StageRecord, str], None]
+    outcome: Outcome
+    error: str | None = None
+    outputs: dict[str, Any] | None = None
+    retry_after: float | None = None
 
 
 class _StageLogs:
@@ -150,10 +137,17 @@ class Runner:
         self.progress = progress
         self.redact = redact
         self.run_id = uuid.uuid4().hex[:12]
+        self.cancel_grace = CANCEL_GRACE_SECONDS
+        self.leftover_wait = LEFTOVER_WAIT_SECONDS
         self._lock = threading.RLock()
         self._abort = threading.Event()
+        self._second_abort = threading.Event()
         self.interrupted_by: int | None = None
-        self._cancels: dict[str, threading.Event] = {}
+        self._cancels: dict[str, threading.Event] = {}  # the current attempt's, per stage
+        self._leftovers: dict[str, threading.Thread] = {}  # attempts that did not stop
+        self._leftover_deadline: float | None = None
+        self._gave_up: str | None = None
+        self._events: queue.Queue[str] = queue.Queue()  # wakes the scheduler
         self.specs = {s.name: s for s in scenario.stages}
         self.inputs_fingerprint = fingerprint(scenario.name, inputs.flavor, inputs.installer,
                                               inputs.distro)
@@ -162,7 +156,7 @@ class Runner:
         if selected:
             for record in self.records:
                 if record.name not in selected:
-                    record.status = NOT_SELECTED
+                    record.end(Status.NOT_SELECTED, Outcome.NOT_SELECTED)
         self.resumed_from: str | None = None
         if resume:
             self._restore()
@@ -181,73 +175,85 @@ class Runner:
     def state_path(self) -> Path:
         return self.results_dir / "state.json"
 
+    def _previous(self) -> tuple[StateDocument | None, dict[str, StageRecord]]:
+        previous = load_state(self.state_path)
+        return previous, {s.name: s for s in previous.stages} if previous else {}
+
     def _restore(self) -> None:
         """Carry over stages that passed with the same definition and inputs."""
-        previous = load_state(self.state_path)
-        if not previous:
+        previous, old = self._previous()
+        if previous is None:
             return
-        self.resumed_from = previous.get("run_id")
-        old = {s["name"]: StageRecord.from_dict(s) for s in previous.get("stages", [])}
-        position = {r.name: i for i, r in enumerate(self.records)}
+        self.resumed_from = previous.run_id
         for name in [n for level in levels(self.scenario) for n in level]:  # needs before dependents
-            index, record = position[name], self.records[position[name]]
-            before = old.get(record.name)
+            record = self.by_name[name]
+            before = old.get(name)
             # ``always`` stages (logs, teardown) describe this run: run them again.
-            if record.always or not before or before.status != PASSED \
-                    or before.fingerprint != record.fingerprint:
+            if record.always or not before or before.status != Status.PASSED \
+                    or before.fingerprint != record.fingerprint or record.status == Status.NOT_SELECTED:
                 continue
             # A stage type may say its earlier result no longer holds (the
             # sandbox it brought up is gone): then it runs again.
-            stage_type = self.registry.get(record.type)
-            still_valid = getattr(stage_type, "still_valid", None)
+            still_valid = getattr(self.registry.get(record.type), "still_valid", None)
             if still_valid is not None and not still_valid(before.outputs):
-                continue
-            if record.status == NOT_SELECTED:
                 continue
             # A stage whose needs run again runs again too: its result was
             # made on what they produced (a deploy onto a sandbox that was
             # torn down and is brought up anew).
-            if any(not getattr(self.by_name.get(n), "resumed", False) for n in record.needs):
+            if any(not self.by_name[n].resumed for n in record.needs):
                 continue
             before.resumed = True
-            self.records[index] = before
-            self.by_name[record.name] = before
-        self.by_name = {r.name: r for r in self.records}
+            before.outcome = Outcome.PASSED
+            self.by_name[name] = before
+        self.records = [self.by_name[r.name] for r in self.records]
 
     def _carry_outputs_of_unselected(self) -> None:
         """A run of some stages (a daily loop's phase) sees the outputs of the
         other stages from the previous run in the same results dir — e.g. the
         kubeconfig that provision wrote — when their definition is the same."""
-        previous = load_state(self.state_path)
-        if not previous:
-            return
-        old = {s["name"]: StageRecord.from_dict(s) for s in previous.get("stages", [])}
+        _, old = self._previous()
         for record in self.records:
             before = old.get(record.name)
-            if record.status == NOT_SELECTED and before and before.status == PASSED \
+            if record.status == Status.NOT_SELECTED and before and before.status == Status.PASSED \
                     and before.fingerprint == record.fingerprint:
                 record.outputs = before.outputs
 
     # -- control ----------------------------------------------------------------------
     def abort(self, signum: int) -> None:
         """Cancel what runs (except ``always`` stages), skip what waits; the
-        always stages still run. A second abort cancels those too."""
+        always stages still run. A second abort cancels those too, and stops
+        waiting for attempts that did not stop."""
         with self._lock:
             second = self._abort.is_set()
             self.interrupted_by = self.interrupted_by or signum
             self._abort.set()
+            if second:
+                self._second_abort.set()
             for name, event in self._cancels.items():
                 if second or not self.specs[name].always:
                     event.set()
+        self._events.put("abort")
+
+    def _new_cancel(self, name: str) -> threading.Event:
+        """A fresh cancel event for the next attempt of ``name``, already set
+        when the run was aborted in the meantime."""
+        with self._lock:
+            event = threading.Event()
+            if self._second_abort.is_set() or (self._abort.is_set() and not self.specs[name].always):
+                event.set()
+            self._cancels[name] = event
+            return event
 
     # -- persistence -----------------------------------------------------------------
-    def persist(self, status: str = "running") -> None:
+    def persist(self, status: RunStatus = RunStatus.RUNNING) -> None:
         with self._lock:
             doc = state_document(self.run_id, self.inputs_fingerprint, self.inputs.as_dict(),
                                  self.scenario.name, self.records, status)
             if self.redact is not None:  # state.json is archived with the results
-                doc = json.loads(self.redact(json.dumps(doc, default=str)))
-            write_json_atomic(self.state_path, doc)
+                import json
+
+                doc = json.loads(self.redact(json.dumps(doc)))
+            write_state(self.state_path, doc)
 
     def _transition(self, record: StageRecord, event: str) -> None:
         self.persist()
@@ -257,63 +263,82 @@ class Runner:
             logging.getLogger(__name__).exception("transition listener failed")
 
     # -- scheduling -------------------------------------------------------------------
-    def _satisfied(self, need: str) -> bool:
-        return self.by_name[need].status in (PASSED, NOT_SELECTED)
-
-    def _decide(self, record: StageRecord) -> str | None:
-        """'run', a terminal status to set, or None (wait)."""
-        needs = [self.by_name[n] for n in record.needs]
+    def _decide(self, record: StageRecord) -> tuple[Status, Outcome, str] | None:
+        """None to run a ready stage (its needs are done), else how it ends
+        without running."""
         if record.always:
-            if all(n.status in TERMINAL for n in needs):
-                return "run"
             return None
         if self._abort.is_set():
-            return CANCELLED
-        if all(self._satisfied(n.name) for n in needs):
-            return "run"
-        blocked = [n for n in needs if n.status in TERMINAL and not self._satisfied(n.name)]
+            return Status.CANCELLED, Outcome.CANCELLED, "run was interrupted"
+        blocked = [n for n in record.needs
+                   if self.by_name[n].status not in (Status.PASSED, Status.NOT_SELECTED)]
         if blocked:
-            return SKIPPED
+            return Status.SKIPPED, Outcome.SKIPPED, f"not run: needs {', '.join(blocked)}"
         return None
+
+    def _wait_for_leftovers(self) -> str | None:
+        """Block while an attempt that did not stop still runs: nothing may
+        start beside its writes. None when they all ended, else why the run
+        gave up waiting (then nothing else starts)."""
+        while self._gave_up is None:
+            with self._lock:
+                alive = {n: t for n, t in self._leftovers.items() if t.is_alive()}
+                self._leftovers = alive
+            if not alive:
+                return None
+            if self._leftover_deadline is None:
+                self._leftover_deadline = time.monotonic() + self.leftover_wait
+            if self._second_abort.is_set() or time.monotonic() >= self._leftover_deadline:
+                self._gave_up = (f"not run: stage {', '.join(alive)} did not stop and may still be "
+                                 "changing the cluster")
+                break
+            for thread in alive.values():
+                thread.join(min(1.0, max(0.0, self._leftover_deadline - time.monotonic())))
+        return self._gave_up
 
     def run(self) -> RunResult:
         started = time.time()
         self.results_dir.mkdir(parents=True, exist_ok=True)
         logs = _StageLogs(self.results_dir, self.redact)
         self.persist()
-        futures: dict[Future, StageRecord] = {}
+        sorter: TopologicalSorter[str] = TopologicalSorter({r.name: r.needs for r in self.records})
+        sorter.prepare()  # cycles were refused when the scenario was loaded
+        running = 0
+        ready: deque[str] = deque()  # needs done, waiting for a free slot (``jobs``)
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="stage") as pool:
-            while True:
-                with self._lock:
-                    for record in self.records:
-                        if record.status != PENDING:
+            while sorter.is_active():
+                ready.extend(sorter.get_ready())
+                ended_at_once = False
+                while ready and running < self.jobs:
+                    name = ready.popleft()
+                    record = self.by_name[name]
+                    if record.status != Status.PENDING:  # resumed, or not selected
+                        ending = None
+                    else:
+                        ending = self._decide(record)
+                        if ending is None:
+                            leftover = self._wait_for_leftovers()
+                            if leftover is not None:
+                                ending = (Status.SKIPPED, Outcome.SKIPPED, leftover)
+                        if ending is None:
+                            record.status = Status.RUNNING
+                            running += 1
+                            future = pool.submit(self._execute, record, logs)
+                            future.add_done_callback(lambda _, name=name: self._events.put(name))
                             continue
-                        decision = self._decide(record)
-                        if decision == "run":
-                            record.status = RUNNING
-                            self._cancels[record.name] = threading.Event()
-                            futures[pool.submit(self._execute, record, logs)] = record
-                        elif decision is not None:
-                            record.status = decision
-                            blocked = [n for n in record.needs if not self._satisfied(n)]
-                            record.error = ("run was interrupted" if decision == CANCELLED
-                                            else f"not run: needs {', '.join(blocked)}")
-                            self._transition(record, decision)
-                if not futures:
-                    if all(r.status in TERMINAL for r in self.records):
-                        break
-                    # Nothing runs and nothing can start: only possible with
-                    # needs on a stage that cannot finish; refuse to spin.
-                    for record in self.records:
-                        if record.status == PENDING:
-                            record.status = SKIPPED
-                            record.error = "not run: its needs never finished"
-                            self._transition(record, SKIPPED)
-                    break
-                done, _ = wait(list(futures), timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in done:
-                    futures.pop(future)
-                    future.result()  # _execute never raises; surface bugs loudly if it does
+                        record.end(*ending)
+                        self._transition(record, record.status)
+                    sorter.done(name)
+                    ended_at_once = True
+                if ended_at_once:
+                    continue  # their dependents may be ready now
+                if running == 0:
+                    break  # unreachable with an acyclic graph; never wait for nothing
+                event = self._events.get()
+                if event in self.by_name:
+                    running -= 1
+                    sorter.done(event)
+            self._wait_for_leftovers()
         duration = time.time() - started
         result = RunResult(self.run_id, self.scenario, self.inputs, self.records, started,
                            duration, self.interrupted_by)
@@ -323,16 +348,16 @@ class Runner:
     # -- one stage ----------------------------------------------------------------------
     def _execute(self, record: StageRecord, logs: _StageLogs) -> None:
         spec = self.specs[record.name]
-        stage_type = self.registry.get(spec.type)
-        assert stage_type is not None, "validated at load time"
-        options = stage_type.options_model.model_validate(spec.with_)
         log, log_path = logs.logger(self.run_id, record.name)
-        cancel = self._cancels[record.name]
         record.started = time.time()
         record.error = None
         record.attempts = 0
         record.history = []
         try:
+            stage_type = self.registry.get(spec.type)
+            assert stage_type is not None, "validated at load time"
+            options = stage_type.options_model.model_validate(spec.with_)
+            cancel = self._new_cancel(record.name)
             while True:
                 record.attempts += 1
                 attempt = AttemptRecord(record.attempts, time.time())
@@ -348,37 +373,37 @@ class Runner:
                     progress=(lambda text, name=record.name: self.progress(name, text))
                     if self.progress else None,
                 )
-                error, retryable, outputs = self._attempt(stage_type, ctx, options, spec, log)
+                result = self._attempt(stage_type, ctx, options, spec, log)
                 attempt.duration = time.time() - attempt.started
-                record.invalid_input = ctx.invalid_input
-                record.environment_problem = ctx.environment_problem
                 record.checks = [
                     {"name": c.name, "passed": c.passed, "message": c.message, "details": c.details}
                     for c in ctx.checks
                 ]
-                if error is None:
-                    record.outputs = outputs
-                    record.status = PASSED
+                record.outputs = result.outputs or {}  # on failure: what the stage did before it
+                if result.outcome == Outcome.PASSED:
+                    record.end(Status.PASSED, Outcome.PASSED)
                     break
-                attempt.error = error
-                record.error = error
-                record.outputs = outputs  # what the stage did before it failed
-                log.error("attempt %d failed: %s", record.attempts, error)
+                attempt.error = result.error
+                record.error = result.error
+                log.error("attempt %d failed: %s", record.attempts, result.error)
                 if cancel.is_set() and self._abort.is_set():
-                    record.status = CANCELLED
+                    record.end(Status.CANCELLED, Outcome.CANCELLED)
                     break
-                if not retryable or record.attempts >= record.max_attempts or (
-                        self._abort.is_set() and not spec.always):
-                    record.status = FAILED
+                if result.outcome == Outcome.CANCELLED:  # raised without an abort
+                    result.outcome = Outcome.FAILED
+                if result.retry_after is None or record.attempts >= record.max_attempts \
+                        or (self._abort.is_set() and not spec.always):
+                    record.end(Status.FAILED, result.outcome)
                     break
-                delay = min(self.retry_backoff * 2 ** (record.attempts - 1), MAX_BACKOFF_SECONDS)
+                delay = result.retry_after or min(self.retry_backoff * 2 ** (record.attempts - 1),
+                                                  MAX_BACKOFF_SECONDS)
                 log.info("retrying in %.1fs", delay)
+                cancel = self._new_cancel(record.name)  # set by an abort during the wait
                 if cancel.wait(delay):
-                    record.status = FAILED
+                    record.end(Status.CANCELLED, Outcome.CANCELLED)
                     break
         except Exception as exc:  # noqa: BLE001 - a runner bug: record it, keep going
-            record.status = FAILED
-            record.error = f"internal error: {exc}"
+            record.end(Status.FAILED, Outcome.INTERNAL_ERROR, f"internal error: {exc}")
             log.error("internal error\n%s", traceback.format_exc())
         finally:
             record.duration = time.time() - (record.started or time.time())
@@ -387,10 +412,10 @@ class Runner:
             self._transition(record, record.status)
             logs.close(self.run_id, record.name)
 
-    def _attempt(self, stage_type: Any, ctx: StageContext, options: Any, spec: StageSpec,
-                 log: logging.Logger) -> tuple[str | None, bool, dict[str, Any]]:
+    def _attempt(self, stage_type: StageType, ctx: StageContext, options: Any, spec: StageSpec,
+                 log: logging.Logger) -> AttemptResult:
         """One attempt in its own thread, so that its timeout is enforced from
-        outside: (error or None, retryable, outputs)."""
+        outside."""
         box: dict[str, Any] = {}
 
         def target() -> None:
@@ -398,41 +423,52 @@ class Runner:
                 box["outputs"] = stage_type.run(ctx, options) or {}
             except BaseException as exc:  # noqa: BLE001 - reported, never lost
                 box["exc"] = exc
+            finally:
+                self._events.put("attempt-ended")
 
-        worker = threading.Thread(target=target, name=f"stage-{spec.name}", daemon=True)
+        worker = threading.Thread(target=target, name=f"stage-{spec.name}-{ctx.attempt}", daemon=True)
         worker.start()
         worker.join(spec.timeout)
         if worker.is_alive():
             ctx.cancel.set()
-            worker.join(CANCEL_GRACE_SECONDS)
+            worker.join(self.cancel_grace)
             timed_out = f"timed out after {_seconds(spec.timeout)}"
             if worker.is_alive():
-                log.error("stage did not stop within %ss of being cancelled", CANCEL_GRACE_SECONDS)
-            # A timeout is a failed attempt: a retry gets a fresh cancel event.
-            if not self._abort.is_set():
-                ctx.cancel.clear()
-            return timed_out, True, {}
-        exc = box.get("exc")
-        if exc is None:
-            failed = [c for c in ctx.checks if not c.passed]
-            if failed:
-                names = ", ".join(c.name for c in failed)
-                return f"{len(failed)} check(s) failed: {names}", False, box.get("outputs", {})
-            return None, False, box.get("outputs", {})
-        if isinstance(exc, Cancelled):
-            return "cancelled: the run was interrupted", False, {}
-        if isinstance(exc, StageFailed):
-            return str(exc), exc.retryable, exc.outputs
-        if isinstance(exc, InvalidInput):
-            ctx.invalid_input = True
-            return "; ".join(exc.lines()), False, {}
-        if isinstance(exc, EnvironmentProblem):
-            ctx.environment_problem = True
-            return str(exc), True, {}
-        if isinstance(exc, XciCnError):
-            return str(exc), False, {}
-        log.error("unexpected error\n%s", "".join(traceback.format_exception(exc)))
-        return f"{type(exc).__name__}: {exc}", True, {}
+                with self._lock:
+                    self._leftovers[spec.name] = worker
+                log.error("attempt %d did not stop within %gs of being cancelled", ctx.attempt,
+                          self.cancel_grace)
+                return AttemptResult(Outcome.DID_NOT_STOP,
+                                     f"{timed_out}, and did not stop within {self.cancel_grace:g}s of being "
+                                     "cancelled: not retried; later stages wait until it ends")
+            if self._abort.is_set() and not spec.always:
+                return AttemptResult(Outcome.CANCELLED, "cancelled: the run was interrupted")
+            return AttemptResult(Outcome.TIMED_OUT, timed_out, retry_after=0)
+        return outcome_of(box.get("exc"), ctx, box.get("outputs") or {}, log)
+
+
+def outcome_of(exc: BaseException | None, ctx: StageContext, outputs: dict[str, Any],
+               log: logging.Logger) -> AttemptResult:
+    """What an attempt's exception (or its failed checks) means. Only a
+    ``TemporaryError`` is worth another attempt; a bug is not."""
+    if exc is None:
+        failed = [c for c in ctx.checks if not c.passed]
+        if failed:
+            names = ", ".join(c.name for c in failed)
+            return AttemptResult(Outcome.FAILED, f"{len(failed)} check(s) failed: {names}", outputs)
+        return AttemptResult(Outcome.PASSED, None, outputs)
+    if isinstance(exc, Cancelled):
+        return AttemptResult(Outcome.CANCELLED, "cancelled: the run was interrupted")
+    if isinstance(exc, InvalidInput):
+        return AttemptResult(Outcome.INVALID_INPUT, "; ".join(exc.lines()),
+                             getattr(exc, "outputs", None))
+    outcome = Outcome.ENVIRONMENT if isinstance(exc, EnvironmentProblem) else Outcome.FAILED
+    if isinstance(exc, TemporaryError):
+        return AttemptResult(outcome, str(exc), exc.outputs, retry_after=exc.delay or 0)
+    if isinstance(exc, XciCnError):
+        return AttemptResult(outcome, str(exc), getattr(exc, "outputs", None))
+    log.error("unexpected error\n%s", "".join(traceback.format_exception(exc)))
+    return AttemptResult(Outcome.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _seconds(value: float | None) -> str:

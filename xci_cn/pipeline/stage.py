@@ -3,7 +3,8 @@
 A stage type has a ``name``, an ``options_model`` (pydantic, validated before
 anything runs) and ``run(ctx, options) -> outputs``. It never prints or exits:
 it logs to ``ctx.log``, reports checks with ``ctx.check`` and raises
-``xci_cn.errors.StageFailed`` (or a subclass) when it fails.
+``xci_cn.errors.StageFailed`` (or a subclass) when it fails; only a
+``TemporaryError`` is retried.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from xci_cn.errors import StageFailed
+from xci_cn.errors import Cancelled, InvalidInput, raise_if_set
 
 
 class StageOptions(BaseModel):
@@ -63,12 +64,6 @@ class Check:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Cancelled(StageFailed):
-    """The stage was cancelled (timeout or abort)."""
-
-    retryable = False
-
-
 @dataclass
 class StageContext:
     """Everything a running stage may use."""
@@ -85,8 +80,6 @@ class StageContext:
     all_outputs: dict[str, dict[str, Any]]
     checks: list[Check] = field(default_factory=list)
     progress: Any = None  # callable(str) for long steps; None when nobody listens
-    invalid_input: bool = False  # set by the runner when the stage failed on InvalidInput
-    environment_problem: bool = False  # ... on EnvironmentProblem (unreachable service)
 
     def check(self, name: str, passed: bool, message: str = "", **details: Any) -> Check:
         """Record a verdict; failing checks do not raise by themselves."""
@@ -102,8 +95,7 @@ class StageContext:
             self.progress(text)
 
     def raise_if_cancelled(self) -> None:
-        if self.cancel.is_set():
-            raise Cancelled("cancelled")
+        raise_if_set(self.cancel)
 
     def sleep(self, seconds: float) -> None:
         """Sleep that wakes up (and raises) when the stage is cancelled."""
@@ -194,8 +186,6 @@ def require_kubeconfig(ctx: StageContext) -> str:
     """``find_kubeconfig``, or InvalidInput saying how to give one."""
     kubeconfig = find_kubeconfig(ctx)
     if not kubeconfig:
-        from xci_cn.errors import InvalidInput
-
         raise InvalidInput(f"stage {ctx.stage} needs a cluster: a provision stage before it, or --kubeconfig")
     return kubeconfig
 

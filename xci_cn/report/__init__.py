@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from xci_cn.pipeline.runner import RunResult
+    from xci_cn.pipeline.state import RunResult
 
 
 def write_results(result: RunResult, results_dir: Path) -> list[Path]:

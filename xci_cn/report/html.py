@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from xci_cn.pipeline.state import write_text_atomic
+from xci_cn.files import write_text_atomic
 from xci_cn.report.charts import (
     NARROW,
     STATUS_COLOURS,

@@ -8,7 +8,7 @@ from typing import Any
 
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
 
-from xci_cn.pipeline.state import write_text_atomic
+from xci_cn.files import write_text_atomic
 from xci_cn.secrets import redactor
 
 

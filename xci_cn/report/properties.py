@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xci_cn.pipeline.state import write_text_atomic
+from xci_cn.files import write_text_atomic
 
 
 def escape(value: str) -> str:

@@ -7,14 +7,12 @@ import json
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xci_cn import __version__
-from xci_cn.pipeline.state import write_json_atomic
+from xci_cn.files import write_json_atomic
+from xci_cn.pipeline.state import RunResult
 from xci_cn.secrets import redactor
-
-if TYPE_CHECKING:
-    from xci_cn.pipeline.runner import RunResult
 
 SUMMARY_VERSION = 1
 

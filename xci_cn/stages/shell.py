@@ -1,4 +1,5 @@
-"""``shell``: run a command with bash; a non-zero exit fails the stage."""
+"""``shell``: run a command with bash; a non-zero exit fails the attempt (retried when
+the stage has ``retries``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from xci_cn.errors import StageFailed
+from xci_cn.errors import TemporaryError
 from xci_cn.pipeline.stage import StageContext, StageOptions
 
 
@@ -32,6 +33,6 @@ class ShellStage:
         ctx.log.info("$ %s", options.command)
         code = ctx.run_command(["/bin/bash", "-e", "-o", "pipefail", "-c", options.command],
                                env=env, cwd=options.cwd)
-        if code != 0:
-            raise StageFailed(f"command exited with status {code}: {options.command}")
+        if code != 0:  # a command may pass on another attempt: retried when the stage has retries
+            raise TemporaryError(f"command exited with status {code}: {options.command}")
         return {"exit_code": code}
