@@ -404,9 +404,9 @@ def _rollout_command(action: str) -> Any:
                 sandbox_name: str) -> None:
         import json
 
-        from xci_cn.stages.rollout import run_rollout
+        from xci_cn.k8s.strategies import lifecycle
 
-        result = run_rollout(_cluster_kubeconfig(kubeconfig, sandbox_name), action, namespace, service, host)
+        result = lifecycle.run(_cluster_kubeconfig(kubeconfig, sandbox_name), action, namespace, service, host)
         click.echo(json.dumps(result, indent=2))
 
     command.__doc__ = {

@@ -20,7 +20,7 @@ naming what was asked for::
 
     NotFound (PermanentError)   Conflict (PermanentError)   Forbidden (PermanentError)
     Rejected (InvalidInput)     Unauthorized (InvalidInput)
-    Unavailable (EnvironmentProblem)   Overloaded (TemporaryError)
+    Unavailable (EnvironmentProblem)   Overloaded (TemporaryError)   RequestFailed (PermanentError)
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ class ApiError(XciCnError):
 
     what: str = ""
     status: int = 0
+    reason: str = ""  # the API server's message
+    causes: tuple[dict[str, str], ...] = ()  # the fields a 422 names
 
 
 class NotFound(ApiError, PermanentError):
@@ -144,6 +146,10 @@ class Unauthorized(ApiError, InvalidInput):
 
 class Unavailable(ApiError, EnvironmentProblem):
     """No answer: the API server is unreachable (after retrying)."""
+
+
+class RequestFailed(ApiError, PermanentError):
+    """Any other answer the API server gave (405, 410 …)."""
 
 
 class Overloaded(ApiError, TemporaryError):

@@ -10,24 +10,25 @@ results dir. It needs real hosts: it cannot run on a CI machine without them.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
-from typing import Any
 
 from xci_cn.ansible.runner import run_playbook
 from xci_cn.errors import InvalidInput
 from xci_cn.paths import PLAYBOOKS_DIR
-from xci_cn.pipeline.stage import StageContext
 
 
 def scenario_vars_file(scenario: str) -> Path:
     return PLAYBOOKS_DIR / "vars" / "scenarios" / f"{scenario}.yml"
 
 
-def provision(ctx: StageContext, action: str, istio: bool) -> dict[str, Any]:
-    if action == "down":
-        ctx.log.info("installer 'kubespray': hosts are left as they are (XCI cleans its VMs itself)")
-        return {"installer": "kubespray", "action": "down"}
+def install(scenario: str, flavor: str, kubernetes_version: str | None, *, kubeconfig: Path,
+            private_data_dir: Path, ident: str, log: logging.Logger,
+            cancel: threading.Event | None = None) -> Path:
+    """Run kubespray against the inventory's hosts; it copies the admin
+    kubeconfig back to ``kubeconfig``, which is returned."""
     kubespray_dir = os.environ.get("KUBESPRAY_DIR", "")
     inventory = os.environ.get("XCI_CN_KUBESPRAY_INVENTORY", "")
     if not kubespray_dir or not (Path(kubespray_dir) / "cluster.yml").is_file():
@@ -36,21 +37,15 @@ def provision(ctx: StageContext, action: str, istio: bool) -> dict[str, Any]:
     if not inventory or not Path(inventory).exists():
         raise InvalidInput("installer 'kubespray' needs real hosts: set XCI_CN_KUBESPRAY_INVENTORY "
                            f"to an Ansible inventory of them (now {inventory or 'unset'})")
-    vars_file = scenario_vars_file(ctx.inputs.scenario)
+    vars_file = scenario_vars_file(scenario)
     if not vars_file.is_file():
         raise InvalidInput(f"installer 'kubespray' has no cluster vars for scenario "
-                           f"{ctx.inputs.scenario!r} ({vars_file} is missing)")
-    kubeconfig = ctx.results_dir / "kubeconfig"
+                           f"{scenario!r} ({vars_file} is missing)")
     run_playbook(
-        PLAYBOOKS_DIR / "kubespray.yml", private_data_dir=ctx.results_dir / "ansible" / ctx.stage,
-        log=ctx.log, cancel=ctx.cancel, ident=f"attempt-{ctx.attempt}",
+        PLAYBOOKS_DIR / "kubespray.yml", private_data_dir=private_data_dir, log=log, cancel=cancel, ident=ident,
         extravars={"kubespray_dir": kubespray_dir, "kubespray_inventory": inventory,
-                   "scenario_vars_file": str(vars_file), "xci_flavor": ctx.inputs.flavor,
+                   "scenario_vars_file": str(vars_file), "xci_flavor": flavor,
                    "kubeconfig_dest": str(kubeconfig.resolve()),
-                   "kube_version": f"v{ctx.scenario.versions.kubernetes or '1.36.3'}"},
+                   "kube_version": f"v{kubernetes_version or '1.36.3'}"},
     )
-    from xci_cn.stages.provision import ProvisionStage
-
-    outputs = ProvisionStage()._check_cluster(ctx, kubeconfig, istio)
-    outputs.update({"installer": "kubespray", "action": "up"})
-    return outputs
+    return kubeconfig

@@ -18,11 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from xci_cn.errors import ScenarioError
-from xci_cn.k8s.client import ApiException, translate
+from xci_cn.errors import Conflict, Forbidden, NotFound, Rejected, ScenarioError
 from xci_cn.k8s.health import Target, wait_healthy
 from xci_cn.k8s.manifests import KIND_ORDER, Manifest, ManifestSet
 from xci_cn.k8s.resources import FIELD_MANAGER, ResourceInfo, Resources
+
+# The API server refused the object itself (not a permission or an outage):
+# the manifest's fault, reported at its line.
+REJECTS_INPUT = (Rejected, NotFound, Conflict)
 
 # (apiVersion, kind) -> the API to use instead, for APIs Kubernetes removed.
 _WORKLOADS = ("Deployment", "DaemonSet", "ReplicaSet", "StatefulSet")
@@ -128,12 +131,8 @@ class Applier:
         assert info is not None
         try:
             listing = self.resources.list(info, None)
-        except ApiException as exc:
-            if exc.status == 403:
-                return None
-            raise translate(exc, "listing namespaces") from None
-        except Exception as exc:  # noqa: BLE001 - translated
-            raise translate(exc, "listing namespaces") from None
+        except Forbidden:
+            return None
         return {item["metadata"]["name"] for item in listing.get("items", [])}
 
     def _dry_run(self, manifest: Manifest, info: ResourceInfo, existing: set[str] | None) -> str | None:
@@ -143,13 +142,10 @@ class Applier:
             # schema does not depend on it, so validate in 'default'.
             body["metadata"]["namespace"] = "default"
         try:
-            self.resources.apply(info, body, dry_run=True, field_manager=self.field_manager)
-        except ApiException as exc:
-            if _rejects_input(exc):
-                return f"{manifest.where()}: rejected by the API server: {_server_message(exc)}"
-            raise translate(exc, f"dry-run of {manifest.ref()}") from None
-        except Exception as exc:  # noqa: BLE001 - translated
-            raise translate(exc, f"dry-run of {manifest.ref()}") from None
+            self.resources.apply(info, body, dry_run=True, field_manager=self.field_manager,
+                                 what=f"dry-run of {manifest.ref()}")
+        except REJECTS_INPUT as exc:
+            return f"{manifest.where()}: rejected by the API server: {exc.reason}"
         return None
 
     # -- apply ----------------------------------------------------------------------------
@@ -205,13 +201,10 @@ class Applier:
         versions: dict[tuple[str, str | None, str], str] = {}
         collections = {(infos[id(m)], m.namespace) for m in manifests if infos.get(id(m)) is not None}
         for info, namespace in collections:
-            try:
-                listing = self.resources.list(info, namespace)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001 - translated
-                raise translate(exc, f"listing {info.kind} in {namespace}") from None  # type: ignore[union-attr]
-            for item in listing.get("items", []):
+            assert info is not None
+            for item in self.resources.list(info, namespace).get("items", []):
                 meta = item["metadata"]
-                versions[(info.kind, meta.get("namespace"), meta["name"])] = meta["resourceVersion"]  # type: ignore[union-attr]
+                versions[(info.kind, meta.get("namespace"), meta["name"])] = meta["resourceVersion"]
         return versions
 
     def _apply_one(self, manifest: Manifest, info: ResourceInfo | None, before: str) -> Applied:
@@ -219,14 +212,10 @@ class Applier:
             raise ScenarioError([f"{manifest.where()}: kind {manifest.kind} is still not served after "
                                  "its CRD was applied"])
         try:
-            stored = self.resources.apply(info, manifest.body, field_manager=self.field_manager)
-        except ApiException as exc:
-            if _rejects_input(exc):
-                raise ScenarioError([f"{manifest.where()}: rejected by the API server: "
-                                     f"{_server_message(exc)}"]) from None
-            raise translate(exc, f"applying {manifest.ref()}") from None
-        except Exception as exc:  # noqa: BLE001 - translated
-            raise translate(exc, f"applying {manifest.ref()}") from None
+            stored = self.resources.apply(info, manifest.body, field_manager=self.field_manager,
+                                          what=f"applying {manifest.ref()}")
+        except REJECTS_INPUT as exc:
+            raise ScenarioError([f"{manifest.where()}: rejected by the API server: {exc.reason}"]) from None
         meta = stored["metadata"]
         if not before:
             action = "created"
@@ -252,23 +241,3 @@ def _crds_in(manifests: ManifestSet) -> set[tuple[str, str]]:
         for version in spec.get("versions") or []:
             out.add((f"{spec.get('group')}/{version.get('name')}", kind))
     return out
-
-
-def _rejects_input(exc: ApiException) -> bool:
-    """The API server refused the object itself (not a permission or an outage).
-    Server-side apply reports a value of the wrong type as a 500 'failed to
-    create typed patch object' — still the manifest's fault."""
-    if exc.status in (400, 404, 409, 422):
-        return True
-    return exc.status == 500 and "failed to create typed patch object" in (exc.body or "")
-
-
-def _server_message(exc: ApiException) -> str:
-    import json
-
-    try:
-        body = json.loads(exc.body or "{}")
-    except ValueError:
-        return exc.reason or str(exc.status)
-    message = body.get("message") or exc.reason or ""
-    return " ".join(message.split())

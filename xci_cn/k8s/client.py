@@ -1,8 +1,11 @@
 """The one door to the Kubernetes API.
 
 Loads a kubeconfig into an isolated ApiClient (never the process-global
-default, never ~/.kube/config by accident) and translates the client's
-exceptions into xci-cn's errors once, here.
+default, never ~/.kube/config by accident). ``api_error`` translates the
+client's exceptions into xci-cn's errors (``xci_cn.errors.ApiError``: not
+found, conflict, forbidden, rejected with the fields, unavailable); it is
+called where requests are made, in ``Cluster`` and ``Resources.request``,
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -18,9 +21,21 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from xci_cn.errors import EnvironmentProblem, InvalidInput, StageFailed, TemporaryError
+from xci_cn.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    Rejected,
+    RequestFailed,
+    Unauthorized,
+    Unavailable,
+    XciCnError,
+)
 
-__all__ = ["ApiException", "Cluster", "connect", "k8s"]
+__all__ = ["FOREIGN_ERRORS", "Cluster", "api_error", "connect", "is_transient"]
 
 
 @dataclass
@@ -40,9 +55,9 @@ class Cluster:
     def version(self) -> str:
         try:
             info = k8s.VersionApi(self.api).get_code(_request_timeout=10)
-        except Exception as exc:  # noqa: BLE001 - translated below
-            raise translate(exc, f"API server {self.server}") from None
-        return info.git_version
+        except FOREIGN_ERRORS as exc:
+            raise api_error(exc, f"API server {self.server}") from None
+        return str(info.git_version)
 
     def close(self) -> None:
         self.api.close()
@@ -84,8 +99,8 @@ def is_transient(exc: BaseException) -> bool:
     """Worth another try: the API server (or etcd behind it) is restarting,
     overloaded or briefly unreachable — not a refusal of the request itself."""
     if isinstance(exc, ApiException):
-        if exc.status == 500 and "failed to create typed patch object" in (exc.body or ""):
-            return False  # a manifest with a wrongly typed value, reported as 500 by SSA
+        if _typed_patch_failure(exc):
+            return False
         return exc.status in TRANSIENT_STATUS or exc.status == 0
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
@@ -128,20 +143,57 @@ def remember_secrets(path: Path) -> None:
         walk(config.get("users"))
 
 
-def translate(exc: BaseException, what: str) -> Exception:
-    """Map a client exception to a project error (temporary when it may pass)."""
+_ERRORS: dict[int, type[ApiError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+                                      400: Rejected, 422: Rejected}
+
+
+def api_error(exc: BaseException, what: str) -> XciCnError:
+    """The project's error for a failed call of the Kubernetes client, made
+    once, where requests are made (``Resources.request``, ``Cluster``)."""
     if isinstance(exc, ApiException):
+        status = exc.status or 0
         reason = _api_message(exc)
-        if exc.status in (401,):
-            return InvalidInput(f"{what}: unauthorized (401): check the kubeconfig's credentials")
-        if exc.status == 403:
-            return StageFailed(f"{what}: forbidden (403): {reason}")
-        if exc.status in (429, 500, 502, 503, 504):
-            return TemporaryError(f"{what}: API server answered {exc.status}: {reason}")
-        return StageFailed(f"{what}: {exc.status} {reason}")
+        if _typed_patch_failure(exc):
+            status = 422  # a manifest with a wrongly typed value, reported as 500 by SSA
+        kind: type[ApiError]
+        if status == 401:
+            kind, text = Unauthorized, f"{what}: unauthorized (401): check the kubeconfig's credentials"
+        elif status in _ERRORS:
+            kind, text = _ERRORS[status], f"{what}: {_WORDS[status]} ({status}): {reason}"
+        elif status in TRANSIENT_STATUS:
+            kind, text = Overloaded, f"{what}: API server answered {status}: {reason}"
+        elif status == 0:
+            kind, text = Unavailable, f"{what}: unreachable ({reason or 'no answer'})"
+        else:
+            kind, text = RequestFailed, f"{what}: {status} {reason}"
+        error: ApiError = kind(text)
+        error.what, error.status, error.reason = what, status, reason
+        error.causes = tuple(_causes(exc))
+        return error
     if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
-        return EnvironmentProblem(f"{what}: unreachable ({type(exc).__name__}: {_short(exc)})")
-    return StageFailed(f"{what}: {type(exc).__name__}: {_short(exc)}")
+        unavailable = Unavailable(f"{what}: unreachable ({type(exc).__name__}: {_short(exc)})")
+        unavailable.what, unavailable.reason = what, _short(exc)
+        return unavailable
+    raise TypeError(f"not an error of the Kubernetes client: {type(exc).__name__}")  # a bug of the caller
+
+
+FOREIGN_ERRORS = (ApiException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+_WORDS = {403: "forbidden", 404: "not found", 409: "conflict", 400: "rejected", 422: "rejected"}
+
+
+def _typed_patch_failure(exc: ApiException) -> bool:
+    return exc.status == 500 and "failed to create typed patch object" in (exc.body or "")
+
+
+def _causes(exc: ApiException) -> list[dict[str, str]]:
+    """The fields a 422 names (``details.causes``)."""
+    import json
+
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return []
+    return [c for c in details.get("causes") or [] if isinstance(c, dict)]
 
 
 def _short(exc: BaseException) -> str:
@@ -154,6 +206,7 @@ def _api_message(exc: ApiException) -> str:
 
     try:
         body: Any = json.loads(exc.body or "{}")
-        return body.get("message") or exc.reason or ""
+        message = body.get("message") or exc.reason or ""
     except (ValueError, AttributeError):
-        return exc.reason or ""
+        message = exc.reason or ""
+    return " ".join(str(message).split())

@@ -14,8 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from xci_cn.k8s.client import is_transient
-from xci_cn.k8s.resources import ResourceInfo, Resources
+from xci_cn.k8s.resources import TRANSIENT_ERRORS, ResourceInfo, Resources
 
 HEALTHY, PROGRESSING, DEGRADED = "Healthy", "Progressing", "Degraded"
 
@@ -228,9 +227,7 @@ def wait_healthy(resources: Resources, targets: list[Target], deadline: float,
                 try:
                     _follow_once(info, namespace, wanted)
                     return
-                except Exception as exc:
-                    if not is_transient(exc):
-                        raise
+                except TRANSIENT_ERRORS:
                     # The API server went away mid-watch: list again once it is back.
                     time.sleep(0.5)
         except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from xci_cn.errors import InvalidInput, PermanentError
-from xci_cn.k8s.client import translate
 from xci_cn.k8s.resources import ResourceInfo, Resources
 
 ROLLOUT_MANAGER = "xci-cn-rollout"
@@ -77,11 +76,7 @@ class Router:
         return info
 
     def _get(self, info: ResourceInfo) -> dict[str, Any]:
-        try:
-            obj = self.resources.get(info, self.target.service, self.target.namespace)
-        except Exception as exc:  # noqa: BLE001 - translated
-            raise translate(exc, f"reading {info.kind} {self.target.namespace}/{self.target.service}") \
-                from None
+        obj = self.resources.get(info, self.target.service, self.target.namespace)
         if obj is None:
             raise InvalidInput(f"{info.kind} {self.target.namespace}/{self.target.service} does not exist: "
                                "the service graph must define it")
@@ -155,28 +150,23 @@ class Router:
                 "metadata": {"name": vs["metadata"]["name"], "namespace": vs["metadata"]["namespace"],
                              "annotations": annotations},
                 "spec": spec}
-        try:
-            return self.resources.apply(self.vs_info, body, field_manager=ROLLOUT_MANAGER)
-        except Exception as exc:  # noqa: BLE001 - translated
-            raise translate(exc, f"routing {self.target.host}") from None
+        return self.resources.apply(self.vs_info, body, field_manager=ROLLOUT_MANAGER,
+                                    what=f"routing {self.target.host}")
 
     def scale_version(self, version: str, replicas: int) -> list[str]:
         """Scale the Deployments of ``app``/``version`` (labels) to ``replicas``."""
         info = self.resources.lookup("apps/v1", "Deployment")
         assert info is not None
         selector = f"app={self.target.app},version={version}"
-        try:
-            listing = self.resources.list(info, self.target.namespace, label_selector=selector)
-            names = []
-            for item in listing.get("items", []):
-                name = item["metadata"]["name"]
-                self.resources.apply(info, {"apiVersion": "apps/v1", "kind": "Deployment",
-                                            "metadata": {"name": name, "namespace": self.target.namespace},
-                                            "spec": {"replicas": replicas}},
-                                     field_manager=ROLLOUT_MANAGER)
-                names.append(name)
-        except Exception as exc:  # noqa: BLE001 - translated
-            raise translate(exc, f"scaling {selector}") from None
+        listing = self.resources.list(info, self.target.namespace, label_selector=selector)
+        names = []
+        for item in listing.get("items", []):
+            name = item["metadata"]["name"]
+            self.resources.apply(info, {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "metadata": {"name": name, "namespace": self.target.namespace},
+                                        "spec": {"replicas": replicas}},
+                                 field_manager=ROLLOUT_MANAGER, what=f"scaling {selector}")
+            names.append(name)
         return names
 
     def read_back_problems(self, stable: str) -> list[str]:

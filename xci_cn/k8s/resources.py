@@ -3,6 +3,9 @@
 Discovery is per group-version and lazy (``/apis/<group>/<version>``), so a
 deploy touches only the groups it uses. Requests go through the official
 client's ApiClient (auth, TLS) with server-side apply as the write verb.
+``request`` and ``watch`` are where every request is made: there the
+client's exceptions become xci-cn's (``xci_cn.errors.ApiError``), and the
+retries of a transient failure stop as soon as the cancel event is set.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 from kubernetes.watch.watch import iter_resp_lines
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from xci_cn.k8s.client import ApiException, Cluster, is_transient
+from xci_cn.errors import Cancelled, NotFound, Overloaded, Unavailable, raise_if_set
+from xci_cn.k8s.client import FOREIGN_ERRORS, Cluster, api_error, is_transient
 
 FIELD_MANAGER = "xci-cn"
 # How long one call rides out an API server or etcd that is restarting.
@@ -41,9 +45,10 @@ class ResourceInfo:
 class Resources:
     """Discovery cache plus the verbs xci-cn uses. Thread-safe."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, cancel: threading.Event | None = None):
         self.cluster = cluster
         self.api = cluster.api
+        self.cancel = cancel
         self._lock = threading.Lock()
         self._groups: dict[str, dict[str, ResourceInfo] | None] = {}
 
@@ -68,9 +73,11 @@ class Resources:
         if api_version != "v1" and "/" not in api_version:
             return None
         try:
-            body = self.request("GET", path)
-        except ApiException as exc:
-            if exc.status in (404, 503):
+            body = self.request("GET", path, what=f"discovering {api_version}")
+        except NotFound:
+            return None
+        except Overloaded as exc:
+            if exc.status == 503:  # an aggregated API whose backend is down
                 return None
             raise
         kinds = {}
@@ -82,33 +89,48 @@ class Resources:
 
     # -- verbs ----------------------------------------------------------------------------
     def request(self, method: str, path: str, *, query: list[tuple[str, Any]] | None = None,
-                body: Any = None, content_type: str | None = None, timeout: float = 30) -> Any:
+                body: Any = None, content_type: str | None = None, timeout: float = 30,
+                what: str | None = None) -> Any:
         """One API call; transient failures (API server or etcd restarting,
-        connection refused, 503) are retried for up to ``RETRY_SECONDS``.
-        Every verb here is idempotent (GET, server-side apply, DELETE)."""
+        connection refused, 503) are retried for up to ``RETRY_SECONDS``, and
+        no longer once the cancel event is set. Every verb here is idempotent
+        (GET, server-side apply, DELETE). Failures raise ``ApiError``s that say
+        ``what`` was done (by default the verb and the path)."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        for attempt in Retrying(stop=stop_after_delay(RETRY_SECONDS), reraise=True,
-                                wait=wait_exponential(multiplier=0.2, max=2),
-                                retry=retry_if_exception(is_transient)):
-            with attempt:
-                return self.api.call_api(
-                    path, method, query_params=query or [], header_params=headers, body=body,
-                    auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True,
-                    _preload_content=True, _request_timeout=timeout)
+        try:
+            for attempt in Retrying(stop=stop_after_delay(RETRY_SECONDS), reraise=True, sleep=self._sleep,
+                                    wait=wait_exponential(multiplier=0.2, max=2),
+                                    retry=retry_if_exception(is_transient)):
+                with attempt:
+                    raise_if_set(self.cancel)
+                    return self.api.call_api(
+                        path, method, query_params=query or [], header_params=headers, body=body,
+                        auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True,
+                        _preload_content=True, _request_timeout=timeout)
+        except FOREIGN_ERRORS as exc:
+            raise api_error(exc, what or f"{method} {path}") from None
         raise AssertionError("unreachable")  # Retrying either returns or re-raises
 
+    def _sleep(self, seconds: float) -> None:
+        """Tenacity's pause between tries; cut short (Cancelled) on cancel."""
+        if self.cancel is None:
+            threading.Event().wait(seconds)
+        elif self.cancel.wait(seconds):
+            raise Cancelled("cancelled")
+
     def get(self, info: ResourceInfo, name: str, namespace: str | None) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
         try:
-            return self.request("GET", info.path(namespace, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+            return self.request("GET", info.path(namespace, name),
+                                what=f"reading {info.kind} {_ref(namespace, name)}")
+        except NotFound:
+            return None
 
     def apply(self, info: ResourceInfo, body: dict[str, Any], *, dry_run: bool = False,
-              field_manager: str = FIELD_MANAGER, force: bool = True) -> dict[str, Any]:
+              field_manager: str = FIELD_MANAGER, force: bool = True, what: str | None = None
+              ) -> dict[str, Any]:
         """Server-side apply of ``body`` (the whole intended object)."""
         meta = body["metadata"]
         query: list[tuple[str, Any]] = [("fieldManager", field_manager)]
@@ -116,18 +138,18 @@ class Resources:
             query.append(("force", "true"))
         if dry_run:
             query.append(("dryRun", "All"))
+        ref = _ref(meta.get("namespace"), meta["name"])
         return self.request("PATCH", info.path(meta.get("namespace"), meta["name"]), query=query,
-                            body=body, content_type="application/apply-patch+yaml")
+                            body=body, content_type="application/apply-patch+yaml",
+                            what=what or f"{'dry-run of' if dry_run else 'applying'} {info.kind} {ref}")
 
     def delete(self, info: ResourceInfo, name: str, namespace: str | None) -> bool:
         try:
-            self.request("DELETE", info.path(namespace, name),
-                         body={"propagationPolicy": "Background"})
+            self.request("DELETE", info.path(namespace, name), body={"propagationPolicy": "Background"},
+                         what=f"deleting {info.kind} {_ref(namespace, name)}")
             return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except NotFound:
+            return False
 
     def list(self, info: ResourceInfo, namespace: str | None, *, label_selector: str | None = None,
              field_selector: str | None = None) -> dict[str, Any]:
@@ -136,23 +158,38 @@ class Resources:
             query.append(("labelSelector", label_selector))
         if field_selector:
             query.append(("fieldSelector", field_selector))
-        return self.request("GET", info.path(namespace), query=query)
+        return self.request("GET", info.path(namespace), query=query,
+                            what=f"listing {info.kind} in {namespace or 'all namespaces'}")
 
     def watch(self, info: ResourceInfo, namespace: str | None, resource_version: str,
               timeout_seconds: int) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Events after ``resource_version`` until the server ends the watch."""
+        """Events after ``resource_version`` until the server ends the watch
+        (``Unavailable`` when the connection breaks: list again)."""
+        what = f"watching {info.kind} in {namespace or 'all namespaces'}"
         query = [("watch", "true"), ("resourceVersion", resource_version),
                  ("timeoutSeconds", max(1, int(timeout_seconds))), ("allowWatchBookmarks", "true")]
-        response = self.api.call_api(
-            info.path(namespace), "GET", query_params=query, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
-            _request_timeout=timeout_seconds + 10)
+        try:
+            response = self.api.call_api(
+                info.path(namespace), "GET", query_params=query, header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
+                _request_timeout=timeout_seconds + 10)
+        except FOREIGN_ERRORS as exc:
+            raise api_error(exc, what) from None
         try:
             for line in iter_resp_lines(response):
                 if not line:
                     continue
                 event = json.loads(line)
                 yield event["type"], event["object"]
+        except FOREIGN_ERRORS as exc:
+            raise api_error(exc, what) from None
         finally:
             response.release_conn()
             response.close()
+
+
+def _ref(namespace: str | None, name: str) -> str:
+    return f"{namespace}/{name}" if namespace else name
+
+
+TRANSIENT_ERRORS = (Unavailable, Overloaded)

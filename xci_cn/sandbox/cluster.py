@@ -242,7 +242,9 @@ def _run(binaries: SandboxBinaries, playbook: str, sandbox: Sandbox, log: loggin
 
 def status(name: str) -> dict[str, Any]:
     """What runs in the sandbox, read from its real API server."""
-    from xci_cn.k8s.client import connect, translate
+    from xci_cn.k8s import inventory
+    from xci_cn.k8s.client import connect
+    from xci_cn.k8s.resources import Resources
 
     sandbox = Sandbox(name)
     if not sandbox.dir.exists():
@@ -259,27 +261,10 @@ def status(name: str) -> dict[str, Any]:
         return report
     cluster = connect(sandbox.kubeconfig)
     try:
+        resources = Resources(cluster)
         report["server_version"] = cluster.version()
-        try:
-            node_list = cluster.core().list_node(_request_timeout=10).items
-            crd_list = cluster.apiextensions().list_custom_resource_definition(_request_timeout=10).items
-        except Exception as exc:  # noqa: BLE001 - translated
-            raise translate(exc, f"sandbox {name} API") from None
-        report["nodes"] = [node_summary(node) for node in node_list]
-        report["istio_crds"] = [
-            {"name": crd.metadata.name, "established": _condition(crd.status.conditions, "Established")}
-            for crd in crd_list if crd.spec.group.endswith("istio.io")]
+        report["nodes"] = inventory.nodes(resources)
+        report["istio_crds"] = inventory.istio_crds(resources)
     finally:
         cluster.close()
     return report
-
-
-def node_summary(node: Any) -> dict[str, Any]:
-    labels = node.metadata.labels or {}
-    roles = sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))
-    return {"name": node.metadata.name, "roles": roles,
-            "ready": _condition(node.status.conditions if node.status else None, "Ready")}
-
-
-def _condition(conditions: list[Any] | None, kind: str) -> bool:
-    return any(c.type == kind and c.status == "True" for c in conditions or [])

@@ -107,7 +107,7 @@ class DeployStage:
                           list(options.steps), options.mirror, options.timeout)
         cluster = connect(kubeconfig)
         try:
-            engine = Engine(Resources(cluster), ctx.log, ctx.cancel, ctx.report_progress)
+            engine = Engine(Resources(cluster, ctx.cancel), ctx.log, ctx.cancel, ctx.report_progress)
             strategy = {"rolling": rolling, "bluegreen": bluegreen, "canary": canary}[options.strategy]
             hook = self.step_hook(ctx, options)
             record = strategy.run(engine, plan, hook)
@@ -128,18 +128,19 @@ class DeployStage:
                 ctx.sleep(options.step_pause)
 
             return pause
-        from xci_cn.stages.verify import run_step_analysis
+        from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
 
         spec = options.analysis
         assert options.service and options.namespace and options.canary
 
         def analyse(step: dict[str, Any]) -> None:
             try:
-                step["analysis"] = run_step_analysis(ctx, spec, service=options.service or "",
-                                                     namespace=options.namespace or "",
-                                                     canary=options.canary or "", baseline=options.stable)
-            except Exception as exc:
-                step["analysis"] = getattr(exc, "record", None)
+                step["analysis"] = judge_step(spec, service=options.service or "",
+                                              namespace=options.namespace or "", canary=options.canary or "",
+                                              baseline=options.stable, sleep=ctx.sleep, log=ctx.log,
+                                              progress=ctx.report_progress)
+            except (AnalysisFailed, AnalysisPaused) as exc:
+                step["analysis"] = exc.record
                 raise
 
         return analyse

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from xci_cn.errors import InvalidInput, StageFailed
+from xci_cn.errors import InvalidInput, TemporaryError
 from xci_cn.pipeline.stage import StageContext, StageOptions
 
 
@@ -86,26 +86,33 @@ class ProvisionStage:
         return outputs
 
     def _kubespray(self, ctx: StageContext, options: ProvisionOptions) -> dict[str, Any]:
-        from xci_cn.installers.kubespray import provision
+        from xci_cn.installers import kubespray
 
-        return provision(ctx, options.action, options.istio)
+        if options.action == "down":
+            ctx.log.info("installer 'kubespray': hosts are left as they are (XCI cleans its VMs itself)")
+            return {"installer": "kubespray", "action": "down"}
+        kubeconfig = kubespray.install(
+            ctx.inputs.scenario, ctx.inputs.flavor, ctx.scenario.versions.kubernetes,
+            kubeconfig=ctx.results_dir / "kubeconfig", private_data_dir=ctx.results_dir / "ansible" / ctx.stage,
+            ident=f"attempt-{ctx.attempt}", log=ctx.log, cancel=ctx.cancel)
+        outputs = self._check_cluster(ctx, kubeconfig, options.istio)
+        outputs.update({"installer": "kubespray", "action": "up"})
+        return outputs
 
     # -- shared ------------------------------------------------------------------------
     def _check_cluster(self, ctx: StageContext, kubeconfig: Path, istio: bool) -> dict[str, Any]:
         """Read the cluster back through its API and record checks."""
-        from xci_cn.k8s.client import connect, translate
-        from xci_cn.sandbox.cluster import node_summary
+        from xci_cn.k8s import inventory
+        from xci_cn.k8s.client import connect
+        from xci_cn.k8s.resources import Resources
 
         cluster = connect(kubeconfig)
         try:
+            resources = Resources(cluster, ctx.cancel)
             version = cluster.version()
-            try:
-                nodes = [node_summary(n) for n in cluster.core().list_node(_request_timeout=15).items]
-                crds = cluster.apiextensions().list_custom_resource_definition(_request_timeout=15).items
-                namespaces = {n.metadata.name for n in
-                              cluster.core().list_namespace(_request_timeout=15).items}
-            except Exception as exc:  # noqa: BLE001 - translated
-                raise translate(exc, f"cluster {cluster.server}") from None
+            nodes = inventory.nodes(resources)
+            crds = inventory.istio_crds(resources)
+            istio_namespace = inventory.has_namespace(resources, inventory.ISTIO_NAMESPACE) if istio else False
         finally:
             cluster.close()
         for node in nodes:
@@ -113,16 +120,13 @@ class ProvisionStage:
                       f"roles: {','.join(node['roles']) or '-'}")
         if not nodes:
             ctx.check("cluster has nodes", False, "the API server lists no nodes")
-        istio_crds = [c for c in crds if c.spec.group.endswith("istio.io")]
         if istio:
-            established = [c.metadata.name for c in istio_crds
-                           if any(k.type == "Established" and k.status == "True"
-                                  for k in (c.status.conditions or []))]
-            ctx.check("Istio CRDs Established", bool(istio_crds) and len(established) == len(istio_crds),
-                      f"{len(established)}/{len(istio_crds)} Established")
-            ctx.check("namespace istio-system", "istio-system" in namespaces,
-                      "present" if "istio-system" in namespaces else "missing")
+            passed, message = inventory.istio_crds_verdict(crds)
+            ctx.check("Istio CRDs Established", passed, message)
+            ctx.check(f"namespace {inventory.ISTIO_NAMESPACE}", istio_namespace,
+                      "present" if istio_namespace else "missing")
         if not all(n["ready"] for n in nodes):
-            raise StageFailed(f"nodes not Ready: {', '.join(n['name'] for n in nodes if not n['ready'])}")
+            # Nodes that are not Ready yet may be on another attempt.
+            raise TemporaryError(f"nodes not Ready: {', '.join(n['name'] for n in nodes if not n['ready'])}")
         return {"kubeconfig": str(kubeconfig), "api_url": cluster.server, "server_version": version,
-                "nodes": nodes, "istio_crds": len(istio_crds)}
+                "nodes": nodes, "istio_crds": len(crds)}

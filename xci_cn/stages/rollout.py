@@ -19,33 +19,15 @@ class RolloutOptions(StageOptions):
     app: str | None = Field(default=None, description="`app` label of the versions (default: service).")
 
 
-def run_rollout(kubeconfig: str, action: str, namespace: str, service: str, host: str | None = None,
-                app: str | None = None, reason: str = "") -> dict[str, Any]:
-    from xci_cn.k8s.client import connect
-    from xci_cn.k8s.istio import RolloutTarget, Router
-    from xci_cn.k8s.resources import Resources
-    from xci_cn.k8s.strategies import lifecycle
-
-    cluster = connect(kubeconfig)
-    try:
-        router = Router(Resources(cluster), RolloutTarget.of(namespace, service, host, app))
-        if action == "promote":
-            return lifecycle.promote(router)
-        if action == "rollback":
-            return lifecycle.rollback(router, reason or "requested")
-        return lifecycle.status(router)
-    finally:
-        cluster.close()
-
-
 class RolloutStage:
     name: ClassVar[str] = "rollout"
     options_model: ClassVar[type[StageOptions]] = RolloutOptions
 
     def run(self, ctx: StageContext, options: RolloutOptions) -> dict[str, Any]:
-        kubeconfig = require_kubeconfig(ctx)
-        result = run_rollout(kubeconfig, options.action, options.namespace, options.service, options.host,
-                             options.app, reason=f"stage {ctx.stage}")
+        from xci_cn.k8s.strategies import lifecycle
+
+        result = lifecycle.run(require_kubeconfig(ctx), options.action, options.namespace, options.service,
+                               options.host, options.app, reason=f"stage {ctx.stage}", cancel=ctx.cancel)
         if options.action == "rollback":
             ctx.check(f"read-back {options.service}: stable has 100%", True,
                       f"stored weights {result['read_back']['weights']}")

@@ -7,16 +7,16 @@ read-back of the stored routing); Inconclusive follows the spec's policy.
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from xci_cn.errors import InvalidInput, PermanentError, RolloutPaused
+from xci_cn.errors import InvalidInput
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
-from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, AnalysisSpec
+from xci_cn.verify.analysis import INCONCLUSIVE, AnalysisSpec
 from xci_cn.verify.platform import PlatformCheck
 from xci_cn.verify.probes import HttpCheck, SplitCheck
+from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
 
 
 class MeshCheck(StageOptions):
@@ -40,53 +40,6 @@ class VerifyOptions(StageOptions):
     checks: list[CheckSpec] = Field(min_length=1, description="Checks, run in order.")
 
 
-def prometheus_url(spec: AnalysisSpec) -> str:
-    url = spec.prometheus or os.environ.get("XCI_CN_PROMETHEUS_URL")
-    if not url:
-        raise InvalidInput("analysis needs Prometheus: set `prometheus` or $XCI_CN_PROMETHEUS_URL")
-    return url
-
-
-def run_step_analysis(ctx: StageContext, spec: AnalysisSpec, *, service: str, namespace: str, canary: str,
-                      baseline: str | None) -> dict[str, Any]:
-    """Analyse one rollout step; raise PermanentError for Failed/Error (the
-    caller rolls back) and RolloutPaused for Inconclusive + pause."""
-    from xci_cn.verify.analysis import analyse
-    from xci_cn.verify.prometheus import Prometheus
-
-    prom = Prometheus(prometheus_url(spec))
-    try:
-        result = analyse(prom, spec, service=spec.service or service, namespace=spec.namespace or namespace,
-                         canary=spec.canary or canary, baseline=spec.baseline or baseline, sleep=ctx.sleep,
-                         on_measurement=lambda m: ctx.log.info(
-                             "analysis %s: %s", m.verdict, "; ".join(r.rule for r in m.metrics)))
-    finally:
-        prom.close()
-    record = result.as_dict()
-    ctx.report_progress(f"analysis of {canary}: {result.verdict}: {result.reason}")
-    if result.verdict in (FAILED, ERROR):
-        raise _AnalysisFailed(result.verdict, result.reason, record)
-    if result.verdict == INCONCLUSIVE:
-        if spec.inconclusive == "fail":
-            raise _AnalysisFailed(result.verdict, f"{result.reason} (policy: fail)", record)
-        if spec.inconclusive == "pause":
-            raise _AnalysisPaused(result.reason, record)
-        record["reason"] += " (policy: pass)"
-    return record
-
-
-class _AnalysisFailed(PermanentError):
-    def __init__(self, verdict: str, reason: str, record: dict[str, Any]):
-        self.record = record
-        super().__init__(f"analysis {verdict}: {reason}")
-
-
-class _AnalysisPaused(RolloutPaused):
-    def __init__(self, reason: str, record: dict[str, Any]):
-        self.record = record
-        super().__init__(f"analysis Inconclusive: {reason} (policy: pause)")
-
-
 class VerifyStage:
     name: ClassVar[str] = "verify"
     options_model: ClassVar[type[StageOptions]] = VerifyOptions
@@ -100,7 +53,7 @@ class VerifyStage:
             from xci_cn.k8s.resources import Resources
 
             if not opened:
-                opened.append(Resources(self._connect(ctx)))
+                opened.append(Resources(self._connect(ctx), ctx.cancel))
             return opened[0]
 
         try:
@@ -177,9 +130,9 @@ class VerifyStage:
         assert service and namespace
         name = f"analysis {service} {canary}"
         try:
-            record = run_step_analysis(ctx, check, service=service, namespace=namespace, canary=canary,
-                                       baseline=baseline)
-        except _AnalysisFailed as exc:
+            record = judge_step(check, service=service, namespace=namespace, canary=canary, baseline=baseline,
+                                sleep=ctx.sleep, log=ctx.log, progress=ctx.report_progress)
+        except AnalysisFailed as exc:
             ctx.check(name, False, str(exc), verdict=exc.record["verdict"])
             if check.rollback and router is not None:
                 result = rollback(router, reason=str(exc))
@@ -187,7 +140,7 @@ class VerifyStage:
                           f"stored weights {result['read_back']['weights']}")
                 return {**exc.record, "rolled_back": True, "read_back": result["read_back"]}
             return {**exc.record, "rolled_back": False}
-        except _AnalysisPaused as exc:
+        except AnalysisPaused as exc:
             ctx.check(name, False, str(exc), verdict=INCONCLUSIVE)
             return {**exc.record, "paused": True}
         ctx.check(name, True, record["reason"], verdict=record["verdict"])

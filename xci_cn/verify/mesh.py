@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from xci_cn.k8s.client import ApiException, translate
+from xci_cn.errors import Forbidden
 from xci_cn.k8s.resources import Resources
 
 
@@ -44,13 +44,11 @@ def snapshot(resources: Resources, namespace: str) -> MeshSnapshot:
             return []
         try:
             return resources.list(info, ns).get("items", [])
-        except ApiException as exc:
-            if exc.status == 403 and ns is None:
-                # A namespaced identity: what it can see is its own namespace.
-                return items(api_version, kind, namespace)
-            raise translate(exc, f"listing {kind} in {ns or 'all namespaces'}") from None
-        except Exception as exc:  # noqa: BLE001 - translated
-            raise translate(exc, f"listing {kind} in {ns or 'all namespaces'}") from None
+        except Forbidden:
+            if ns is not None:
+                raise
+            # A namespaced identity: what it can see is its own namespace.
+            return items(api_version, kind, namespace)
 
     snap.virtual_services = items("networking.istio.io/v1", "VirtualService", namespace)
     snap.destination_rules = items("networking.istio.io/v1", "DestinationRule", namespace)

@@ -10,8 +10,8 @@ from typing import Literal
 import requests
 from pydantic import BaseModel, ConfigDict, Field
 
-from xci_cn.k8s.client import translate
 from xci_cn.k8s.health import HEALTHY, assess
+from xci_cn.k8s.inventory import ISTIO_NAMESPACE, has_namespace, istio_crds, istio_crds_verdict
 from xci_cn.k8s.resources import Resources
 from xci_cn.verify.mesh import Finding
 
@@ -32,21 +32,11 @@ class PlatformCheck(BaseModel):
 def check_platform(resources: Resources, check: PlatformCheck) -> list[Finding]:
     findings: list[Finding] = []
     if check.istio:
-        crd_info = resources.lookup("apiextensions.k8s.io/v1", "CustomResourceDefinition")
-        ns_info = resources.lookup("v1", "Namespace")
-        assert crd_info is not None and ns_info is not None
-        try:
-            crds = [c for c in resources.list(crd_info, None).get("items", [])
-                    if c["spec"]["group"].endswith("istio.io")]
-            namespace = resources.get(ns_info, "istio-system", None)
-        except Exception as exc:  # noqa: BLE001 - translated
-            raise translate(exc, "reading Istio's CRDs") from None
-        established = [c for c in crds if assess({**c, "apiVersion": "apiextensions.k8s.io/v1",
-                                                  "kind": "CustomResourceDefinition"}).status == HEALTHY]
-        findings.append(Finding("platform Istio CRDs Established", bool(crds) and len(established) == len(crds),
-                                f"{len(established)}/{len(crds)} Istio CRDs Established"))
-        findings.append(Finding("platform namespace istio-system", namespace is not None,
-                                "present" if namespace else "namespace istio-system is missing"))
+        passed, message = istio_crds_verdict(istio_crds(resources))
+        findings.append(Finding("platform Istio CRDs Established", passed, message))
+        present = has_namespace(resources, ISTIO_NAMESPACE)
+        findings.append(Finding(f"platform namespace {ISTIO_NAMESPACE}", present,
+                                "present" if present else f"namespace {ISTIO_NAMESPACE} is missing"))
     for wanted, name in ((check.istiod, "istiod"), (check.ingress_gateway, "istio-ingressgateway")):
         if wanted:
             findings.append(_deployment_finding(resources, "istio-system", name))
@@ -60,10 +50,7 @@ def check_platform(resources: Resources, check: PlatformCheck) -> list[Finding]:
 def _deployment_finding(resources: Resources, namespace: str, name: str) -> Finding:
     info = resources.lookup("apps/v1", "Deployment")
     assert info is not None
-    try:
-        obj = resources.get(info, name, namespace)
-    except Exception as exc:  # noqa: BLE001 - translated
-        raise translate(exc, f"reading Deployment {namespace}/{name}") from None
+    obj = resources.get(info, name, namespace)
     if obj is None:
         return Finding(f"platform {name}", False, f"Deployment {namespace}/{name} does not exist")
     health = assess({**obj, "apiVersion": "apps/v1", "kind": "Deployment"})

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from xci_cn.errors import StageFailed, TemporaryError, XciCnError
+from xci_cn.errors import PermanentError, RolloutPaused, StageFailed, TemporaryError, raise_if_set
 from xci_cn.k8s.apply import Applied, Applier
-from xci_cn.k8s.client import translate
 from xci_cn.k8s.health import Target, explain, needs_waiting, wait_healthy
-from xci_cn.k8s.istio import RolloutTarget
+from xci_cn.k8s.istio import RolloutTarget, Router
 from xci_cn.k8s.manifests import ManifestSet
 from xci_cn.k8s.resources import Resources
+from xci_cn.k8s.strategies.lifecycle import rollback
 
 # Called between canary steps (and after a blue/green switch) with the step
 # record; raising PermanentError there rolls the rollout back.
@@ -57,8 +57,6 @@ class DeployRecord:
 def start_traffic_rollout(engine: Engine, plan: DeployPlan) -> tuple[DeployRecord, Any]:
     """Apply and wait, then check the routing objects bluegreen and canary move
     traffic through: (record, Router)."""
-    from xci_cn.k8s.istio import Router
-
     assert plan.target and plan.stable and plan.canary
     record = DeployRecord()
     engine.apply_and_wait(plan.manifests, plan.timeout, record)
@@ -68,13 +66,11 @@ def start_traffic_rollout(engine: Engine, plan: DeployPlan) -> tuple[DeployRecor
 
 
 def run_step_hook(hook: StepHook | None, step: dict[str, Any], router: Any, state: Any, record: DeployRecord,
-                  where: str, mirror: tuple[str, float] | None = None) -> None:
+                  where: Callable[[str], str], mirror: tuple[str, float] | None = None) -> None:
     """Run the hook after a traffic change. PermanentError (a Failed
     analysis): roll back, read back, raise with what was done so far.
-    RolloutPaused (Inconclusive, policy pause): record the phase, weights stay."""
-    from xci_cn.errors import PermanentError, RolloutPaused
-    from xci_cn.k8s.strategies.lifecycle import rollback
-
+    RolloutPaused (Inconclusive, policy pause): record the phase, weights stay.
+    ``where(action)`` names the step and what happened to it."""
     if hook is None:
         return
     try:
@@ -83,14 +79,14 @@ def run_step_hook(hook: StepHook | None, step: dict[str, Any], router: Any, stat
         result = rollback(router, reason=str(exc))
         record.steps.append(result["step"])
         record.rollout = {**state.as_dict(), "phase": "rolled-back", "read_back": result["read_back"]}
-        raise PermanentError(f"{where}: {exc}; read-back: {state.stable} has 100%",
+        raise PermanentError(f"{where('rolled back')}: {exc}; read-back: {state.stable} has 100%",
                              record.as_outputs()) from None
     except RolloutPaused as exc:
         state.phase = "paused"
         router.set_weights(step["weights"], state, mirror)  # records the phase; weights stay
         record.rollout = state.as_dict()
         target = router.target
-        raise RolloutPaused(f"{where.replace('rolled back', 'paused')}: {exc}; decide with 'xci-cn rollout "
+        raise RolloutPaused(f"{where('paused')}: {exc}; decide with 'xci-cn rollout "
                             f"promote|rollback -n {target.namespace} --service {target.service}'",
                             record.as_outputs()) from None
 
@@ -145,9 +141,7 @@ class Engine:
             self.log.info("%s %s/%s %s", item.kind, item.namespace or "-", item.name, item.action)
         watcher.join()
         if "error" in waiter:
-            if isinstance(waiter["error"], XciCnError):
-                raise waiter["error"]
-            raise translate(waiter["error"], "watching the deployed objects") from None
+            raise waiter["error"]
         result = waiter["result"]
         self.cancel_check()
         if result.degraded:
@@ -163,10 +157,7 @@ class Engine:
         self.say(f"{len(targets)} workload(s) healthy in {record.ready_seconds:.1f}s")
 
     def cancel_check(self) -> None:
-        if self.cancel.is_set():
-            from xci_cn.pipeline.stage import Cancelled
-
-            raise Cancelled("cancelled")
+        raise_if_set(self.cancel)
 
 
 class _EitherEvent:

@@ -24,6 +24,6 @@ def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> Deplo
     router.set_weights(weights, state)
     record.steps.append(step)
     engine.say(f"blue/green: switched all traffic from {plan.stable} to {plan.canary}")
-    run_step_hook(hook, step, router, state, record, f"blue/green switch to {plan.canary} rolled back")
+    run_step_hook(hook, step, router, state, record, lambda action: f"blue/green switch to {plan.canary} {action}")
     record.rollout = state.as_dict()
     return record

@@ -32,7 +32,9 @@ def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> Deplo
         record.steps.append(step)
         engine.say(f"canary step {index}/{len(plan.steps)}: {plan.stable} {100 - weight}% / "
                    f"{plan.canary} {weight}%")
-        run_step_hook(hook, step, router, state, record,
-                      f"canary {plan.canary} rolled back at step {index} ({weight}%)", mirror)
+        def where(action: str, index: int = index, weight: int = weight) -> str:
+            return f"canary {plan.canary} {action} at step {index} ({weight}%)"
+
+        run_step_hook(hook, step, router, state, record, where, mirror)
     record.rollout = state.as_dict()
     return record

@@ -4,10 +4,13 @@ stored VirtualService and DestinationRule."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from xci_cn.errors import InvalidInput, PermanentError
-from xci_cn.k8s.istio import RolloutState, Router, now_iso
+from xci_cn.k8s.client import connect
+from xci_cn.k8s.istio import RolloutState, RolloutTarget, Router, now_iso
+from xci_cn.k8s.resources import Resources
 
 
 def _state(router: Router) -> RolloutState:
@@ -64,3 +67,19 @@ def status(router: Router) -> dict[str, Any]:
     return {"service": router.target.service, "namespace": router.target.namespace,
             "host": router.target.host, "weights": router.weights(),
             "rollout": state.as_dict() if state else None}
+
+
+def run(kubeconfig: str, action: str, namespace: str, service: str, host: str | None = None,
+        app: str | None = None, reason: str = "", cancel: threading.Event | None = None) -> dict[str, Any]:
+    """``promote``, ``rollback`` or ``status`` of one service's rollout in the
+    cluster of ``kubeconfig`` (the rollout stage and ``xci-cn rollout``)."""
+    cluster = connect(kubeconfig)
+    try:
+        router = Router(Resources(cluster, cancel), RolloutTarget.of(namespace, service, host, app))
+        if action == "promote":
+            return promote(router)
+        if action == "rollback":
+            return rollback(router, reason or "requested")
+        return status(router)
+    finally:
+        cluster.close()

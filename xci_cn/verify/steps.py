@@ -1,0 +1,64 @@
+"""The analysis of one rollout step, as the deploy and verify stages use it:
+a verdict that is not good enough becomes an exception the strategies know
+(``PermanentError``: roll back; ``RolloutPaused``: leave the weights)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from xci_cn.errors import InvalidInput, PermanentError, RolloutPaused
+from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, AnalysisSpec, analyse
+from xci_cn.verify.prometheus import Prometheus
+
+
+class AnalysisFailed(PermanentError):
+    """Failed or Error (or Inconclusive with policy fail); ``record`` is the
+    analysis as summary.json keeps it."""
+
+    def __init__(self, verdict: str, reason: str, record: dict[str, Any]):
+        self.record = record
+        super().__init__(f"analysis {verdict}: {reason}")
+
+
+class AnalysisPaused(RolloutPaused):
+    """Inconclusive with policy pause."""
+
+    def __init__(self, reason: str, record: dict[str, Any]):
+        self.record = record
+        super().__init__(f"analysis Inconclusive: {reason} (policy: pause)")
+
+
+def prometheus_url(spec: AnalysisSpec) -> str:
+    url = spec.prometheus or os.environ.get("XCI_CN_PROMETHEUS_URL")
+    if not url:
+        raise InvalidInput("analysis needs Prometheus: set `prometheus` or $XCI_CN_PROMETHEUS_URL")
+    return url
+
+
+def judge_step(spec: AnalysisSpec, *, service: str, namespace: str, canary: str, baseline: str | None,
+               sleep: Callable[[float], None], log: logging.Logger,
+               progress: Callable[[str], None]) -> dict[str, Any]:
+    """Analyse one step; the record when good enough, else AnalysisFailed or
+    AnalysisPaused. ``sleep`` must wake up (raise) on cancel."""
+    prom = Prometheus(prometheus_url(spec))
+    try:
+        result = analyse(prom, spec, service=spec.service or service, namespace=spec.namespace or namespace,
+                         canary=spec.canary or canary, baseline=spec.baseline or baseline, sleep=sleep,
+                         on_measurement=lambda m: log.info(
+                             "analysis %s: %s", m.verdict, "; ".join(r.rule for r in m.metrics)))
+    finally:
+        prom.close()
+    record = result.as_dict()
+    progress(f"analysis of {canary}: {result.verdict}: {result.reason}")
+    if result.verdict in (FAILED, ERROR):
+        raise AnalysisFailed(result.verdict, result.reason, record)
+    if result.verdict == INCONCLUSIVE:
+        if spec.inconclusive == "fail":
+            raise AnalysisFailed(result.verdict, f"{result.reason} (policy: fail)", record)
+        if spec.inconclusive == "pause":
+            raise AnalysisPaused(result.reason, record)
+        record["reason"] += " (policy: pass)"
+    return record
