@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import pytest
 
 from tests.helpers import make_runner
+from xci_cn.config.stage_types import stage_types
 from xci_cn.errors import Cancelled
-from xci_cn.pipeline.registry import stage_types
 from xci_cn.pipeline.stage import StageContext, StageOptions
 from xci_cn.pipeline.state import Outcome, Status
 

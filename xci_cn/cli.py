@@ -1,12 +1,15 @@
 """The ``xci-cn`` command: the only place that prints and chooses exit codes.
 
+``Border``, the top group, is the one place where xci-cn's errors become a
+line and an exit code; commands raise those errors or return an exit code,
+and never call ``sys.exit``.
+
 Heavy modules (the kubernetes client, ansible-runner) are imported inside the
 commands that need them, so ``xci-cn --help`` starts fast.
 """
 
 from __future__ import annotations
 
-import functools
 import signal
 import sys
 from collections.abc import Callable
@@ -16,7 +19,8 @@ from typing import Any
 import click
 
 from xci_cn import __version__
-from xci_cn.errors import EXIT_FAILED, EXIT_INVALID_INPUT, InvalidInput, XciCnError
+from xci_cn.errors import EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_PASSED, EXIT_SIGINT, InvalidInput, XciCnError
+from xci_cn.jenkins.commands import detect, jobs
 
 DEFAULT_SCENARIO = "k8-nosdn-istio"
 DEFAULT_FLAVOR = "mini"
@@ -25,35 +29,38 @@ JENKINS_VARIABLES = ("BUILD_URL", "JOB_NAME", "BUILD_NUMBER", "GERRIT_CHANGE_NUM
                      "GERRIT_TOPIC")
 
 
-def fail(lines: list[str], code: int) -> None:
-    for line in lines:
-        click.echo(f"xci-cn: {line}", err=True)
-    sys.exit(code)
+class Border(click.Group):
+    """The one border between xci-cn and the person: every command below it
+    raises xci-cn's errors (or returns an exit code); here each error becomes
+    one redacted line per problem on stderr and its documented exit code."""
 
-
-def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Translate xci-cn's errors into one line each and the documented exit
-    code — in one place, not in every command."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
+            code = super().invoke(ctx)
         except XciCnError as exc:
             from xci_cn.secrets import redactor
 
-            fail([redactor()(line) for line in exc.lines()], exc.exit_code)
+            _say([redactor()(line) for line in exc.lines()])
+            code = exc.exit_code
         except KeyboardInterrupt:
-            fail(["interrupted"], 130)
+            _say(["interrupted"])
+            code = EXIT_SIGINT
         except BrokenPipeError:  # `xci-cn … | head`: the reader left; not an error
-            sys.exit(0)
+            code = EXIT_PASSED
         except OSError as exc:
-            fail([f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")], EXIT_FAILED)
+            _say([f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")])
+            code = EXIT_FAILED
+        if isinstance(code, int) and code != EXIT_PASSED:
+            ctx.exit(code)
+        return code
 
-    return wrapper
+
+def _say(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"xci-cn: {line}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Border, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xci-cn")
 def main() -> None:
     """Continuous delivery for cloud-native network functions on XCI scenarios.
@@ -70,7 +77,6 @@ def scenarios() -> None:
 
 
 @scenarios.command("list")
-@reports_errors
 def scenarios_list() -> None:
     """List the bundled scenarios."""
     from xci_cn.config.model import bundled_scenarios, load_scenario_file
@@ -83,7 +89,6 @@ def scenarios_list() -> None:
 
 @scenarios.command("show")
 @click.argument("name")
-@reports_errors
 def scenarios_show(name: str) -> None:
     """Print a scenario (bundled name or file) after validating it."""
     from xci_cn.config.model import load_scenario_file, resolve_scenario
@@ -95,7 +100,6 @@ def scenarios_show(name: str) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@reports_errors
 def validate(file: Path) -> None:
     """Validate a scenario file; print every problem as file:line: field: message."""
     from xci_cn.config.model import load_scenario_file
@@ -105,10 +109,9 @@ def validate(file: Path) -> None:
 
 
 @main.command("stages")
-@reports_errors
 def stages_list() -> None:
     """List the registered stage types."""
-    from xci_cn.pipeline.registry import stage_types
+    from xci_cn.config.stage_types import stage_types
 
     for name in stage_types().names():
         click.echo(name)
@@ -116,7 +119,6 @@ def stages_list() -> None:
 
 @main.command("report")
 @click.argument("results_dir", type=click.Path(file_okay=False, path_type=Path))
-@reports_errors
 def report(results_dir: Path) -> None:
     """Render RESULTS_DIR/report.html from RESULTS_DIR/summary.json."""
     import json
@@ -162,10 +164,9 @@ def report(results_dir: Path) -> None:
               help="Seconds before the first retry; doubled for each further one.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the result.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print stage progress details.")
-@reports_errors
 def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kubeconfig: str | None,
         sandbox_name: str, selected: str | None, results_dir: Path, resume: bool, dry_run: bool,
-        jobs: int, retry_backoff: float, quiet: bool, verbose: bool) -> None:
+        jobs: int, retry_backoff: float, quiet: bool, verbose: bool) -> int | None:
     """Run a scenario's stage pipeline and write results for Jenkins."""
     import os
 
@@ -206,9 +207,8 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
                      if chosen is None or n in chosen]
             if marks:
                 click.echo(f"  {depth + 1}. {', '.join(marks)}")
-        return
-    sys.exit(_run_pipeline(scenario, inputs, results_dir, chosen, resume, jobs, retry_backoff,
-                           quiet, verbose))
+        return EXIT_PASSED
+    return _run_pipeline(scenario, inputs, results_dir, chosen, resume, jobs, retry_backoff, quiet, verbose)
 
 
 def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[str] | None,
@@ -279,7 +279,6 @@ def _progress_printer(quiet: bool = False) -> Callable[[str], None]:
 
 @sandbox.command("build")
 @click.option("--force", is_flag=True, help="Rebuild even when the cache verifies.")
-@reports_errors
 def sandbox_build(force: bool) -> None:
     """Build (or verify the cached) sandbox binaries and print their directory."""
     from xci_cn.sandbox.binaries import ensure_binaries
@@ -304,7 +303,6 @@ def _sandbox_log() -> Any:
               help="Preferred API server port (another is chosen when it is taken).")
 @click.option("--no-istio", is_flag=True, help="Do not install Istio's CRDs.")
 @click.option("-q", "--quiet", is_flag=True)
-@reports_errors
 def sandbox_up(flavor: str, name: str, api_port: int, no_istio: bool, quiet: bool) -> None:
     """Start a sandbox: real control plane, the flavor's nodes, Istio's CRDs."""
     import time
@@ -322,7 +320,6 @@ def sandbox_up(flavor: str, name: str, api_port: int, no_istio: bool, quiet: boo
 
 @sandbox.command("down")
 @click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
-@reports_errors
 def sandbox_down(name: str) -> None:
     """Stop a sandbox and delete its directory; nothing is left running."""
     from xci_cn.sandbox.cluster import down
@@ -334,8 +331,7 @@ def sandbox_down(name: str) -> None:
 @sandbox.command("status")
 @click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@reports_errors
-def sandbox_status(name: str, as_json: bool) -> None:
+def sandbox_status(name: str, as_json: bool) -> int:
     """API URL, server version, nodes with roles and Ready state, Istio CRDs."""
     import json
 
@@ -344,7 +340,7 @@ def sandbox_status(name: str, as_json: bool) -> None:
     report = status(name)
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
+        return EXIT_PASSED
     click.echo(f"sandbox {name}: {'up' if report['up'] else 'DOWN'} (flavor {report['flavor']})")
     click.echo(f"  API: {report['api_url']}  server: {report.get('server_version', '-')}")
     click.echo(f"  kubeconfig: {report['kubeconfig']}")
@@ -357,13 +353,11 @@ def sandbox_status(name: str, as_json: bool) -> None:
     if report["up"]:
         established = sum(c["established"] for c in crds)
         click.echo(f"  Istio CRDs: {established}/{len(crds)} Established")
-    if not report["up"]:
-        sys.exit(EXIT_FAILED)
+    return EXIT_PASSED if report["up"] else EXIT_FAILED
 
 
 @sandbox.command("kubeconfig")
 @click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
-@reports_errors
 def sandbox_kubeconfig(name: str) -> None:
     """Print the path of the sandbox's kubeconfig (for scripts)."""
     from xci_cn.sandbox.cluster import Sandbox, list_sandboxes
@@ -399,7 +393,6 @@ def _rollout_command(action: str) -> Any:
     @click.option("--host", default=None, help="Route host (default <service>.<ns>.svc.cluster.local).")
     @click.option("--kubeconfig", envvar="KUBECONFIG", default=None, help="[env KUBECONFIG]")
     @click.option("--sandbox-name", envvar="XCI_CN_SANDBOX", default="xci-cn", show_default=True)
-    @reports_errors
     def command(namespace: str, service: str, host: str | None, kubeconfig: str | None,
                 sandbox_name: str) -> None:
         import json
@@ -422,8 +415,6 @@ for _action in ("promote", "rollback", "status"):
 
 
 # -- jenkins (light: heavy imports live inside the commands) -------------------------
-from xci_cn.jenkins.commands import detect, jobs  # noqa: E402
-
 main.add_command(jobs)
 scenarios.add_command(detect)
 

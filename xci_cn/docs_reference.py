@@ -32,8 +32,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from xci_cn.config.model import _UNIT_SECONDS, Scenario, StageSpec, parse_duration
+from xci_cn.config.stage_types import GROUP, stage_types
 from xci_cn.paths import REPO_ROOT
-from xci_cn.pipeline.registry import GROUP, stage_types
 
 REFERENCE = REPO_ROOT / "docs" / "reference.rst"
 COMMAND = ".venv/bin/python -m xci_cn.docs_reference"

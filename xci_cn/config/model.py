@@ -20,14 +20,16 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 
 from xci_cn.config.loader import LoadedYaml, Loc, format_loc, load_yaml_file
+from xci_cn.config.stage_types import stage_types
 from xci_cn.errors import ScenarioError
 from xci_cn.paths import SCENARIOS_DIR
 
-FLAVORS = ("aio", "mini", "noha", "ha")
-INSTALLERS = ("sandbox", "existing", "kubespray")
 Flavor = Literal["aio", "mini", "noha", "ha"]
+FLAVORS: tuple[Flavor, ...] = ("aio", "mini", "noha", "ha")
+INSTALLERS = ("sandbox", "existing", "kubespray")
 Installer = Literal["sandbox", "existing", "kubespray"]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -127,7 +129,7 @@ class Scenario(StrictModel):
         raise KeyError(name)
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     kind = error["type"]
     given = error.get("input")
     if kind == "extra_forbidden":
@@ -202,8 +204,6 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 def scenario_from_loaded(loaded: LoadedYaml) -> Scenario:
     """Validate a parsed document into a Scenario, or raise ScenarioError with
     every problem found."""
-    from xci_cn.pipeline.registry import stage_types
-
     if not isinstance(loaded.data, dict):
         kind = "empty" if loaded.data is None else type(loaded.data).__name__
         raise ScenarioError([f"{loaded.path}:1: a scenario must be a mapping, this document is {kind}"])

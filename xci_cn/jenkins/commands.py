@@ -3,14 +3,12 @@ and the ``xci-cn jobs`` group (render, test, update, trigger, follow).
 
 Registered by xci_cn/cli.py. Light at import time: jenkins_jobs, jenkins and
 the rest are imported inside the commands. Like every command, these only
-raise xci_cn.errors; the CLI's ``reports_errors`` turns them into one line
-each and the exit code.
+raise xci_cn.errors (or return an exit code); the CLI's ``Border`` turns
+them into one line each and the exit code.
 """
 
 from __future__ import annotations
 
-import functools
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,20 +16,7 @@ from typing import Any
 
 import click
 
-from xci_cn.errors import InvalidInput
-
-
-def _reports(func: Callable[..., Any]) -> Callable[..., Any]:
-    """xci_cn.cli.reports_errors, looked up at call time (cli imports this
-    module, so importing cli here at load time would be circular)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from xci_cn.cli import reports_errors
-
-        return reports_errors(func)(*args, **kwargs)
-
-    return wrapper
+from xci_cn.errors import EXIT_PASSED, InvalidInput
 
 
 class JobProblems(InvalidInput):
@@ -59,7 +44,6 @@ class JobProblems(InvalidInput):
 @click.option("--topic", envvar="GERRIT_TOPIC", default="", help="Gerrit topic [env GERRIT_TOPIC].")
 @click.option("--pipeline", type=click.Choice(["verify", "merge"]), default="verify", show_default=True,
               help="The pipeline the result is for (skip-verify applies to verify only).")
-@_reports
 def detect(repo: Path, output: Path, results_dir: Path, project: str | None, topic: str,
            pipeline: str) -> None:
     """Determine the scenario a Gerrit change tests and write scenario.properties.
@@ -135,7 +119,6 @@ def _output_dir_option(help: str) -> Callable[..., Any]:
 @_tree_option
 @_output_dir_option("Write OUT/<job>/config.xml; without it, list the job names.")
 @_names_argument
-@_reports
 def jobs_render(trees: tuple[Path, ...], output_dir: Path | None, names: tuple[str, ...]) -> None:
     """Render the job tree (optionally only jobs matching NAMES globs) with JJB."""
     from xci_cn.jenkins.jjb import render, write_jobs
@@ -153,7 +136,6 @@ def jobs_render(trees: tuple[Path, ...], output_dir: Path | None, names: tuple[s
 @_tree_option
 @_output_dir_option("Also write OUT/<job>/config.xml.")
 @_names_argument
-@_reports
 def jobs_test(trees: tuple[Path, ...], output_dir: Path | None, names: tuple[str, ...]) -> None:
     """Render and check the job tree: JJB's errors, misspelled sections, jobs
     without builders; one line per problem, exit 2 when there is any."""
@@ -171,7 +153,6 @@ def jobs_test(trees: tuple[Path, ...], output_dir: Path | None, names: tuple[str
 @_url_option
 @_conf_option
 @_names_argument
-@_reports
 def jobs_update(trees: tuple[Path, ...], url: str | None, conf: Path | None, names: tuple[str, ...]) -> None:
     """Push the checked job tree to Jenkins: create missing jobs, reconfigure
     changed ones, leave the others alone."""
@@ -185,14 +166,14 @@ def jobs_update(trees: tuple[Path, ...], url: str | None, conf: Path | None, nam
                f"{len(report.unchanged)} unchanged")
 
 
-def _follow(client: Any, build: Any, poll: float, deadline: float | None) -> None:
+def _follow(client: Any, build: Any, poll: float, deadline: float | None) -> int:
     from xci_cn.jenkins.jobs import result_exit_code
     from xci_cn.secrets import redactor
 
     redact = redactor()
     result = client.follow(build, lambda line: click.echo(redact(line)), poll=poll, deadline=deadline)
     click.echo(f"{build.job} #{build.number} finished: {result}", err=True)
-    sys.exit(result_exit_code(result))
+    return result_exit_code(result)
 
 
 def _deadline(timeout: float) -> float | None:
@@ -209,33 +190,32 @@ def _deadline(timeout: float) -> float | None:
 @_conf_option
 @_timeout_option
 @_poll_option
-@_reports
 def jobs_trigger(job: str, params: tuple[str, ...], follow: bool, url: str | None, conf: Path | None,
-                 timeout: float, poll: float) -> None:
+                 timeout: float, poll: float) -> int:
     """Trigger a parameterized build of JOB; with --follow (default) print its
     console and exit with its result: SUCCESS 0, UNSTABLE/FAILURE 1, ABORTED 130."""
     from xci_cn.jenkins.jobs import JenkinsJobs, load_settings, parse_parameters
 
     parameters = parse_parameters(params)
     with JenkinsJobs(load_settings(url, conf)) as client:
-        _trigger(client, job, parameters, follow, timeout, poll)
+        return _trigger(client, job, parameters, follow, timeout, poll)
 
 
 def _trigger(client: Any, job: str, parameters: dict[str, str], follow: bool, timeout: float,
-             poll: float) -> None:
+             poll: float) -> int:
     from xci_cn.jenkins.jobs import result_exit_code
 
     deadline = _deadline(timeout)
     queue_item = client.trigger(job, parameters)
     click.echo(f"{job}: queued (item {queue_item})", err=True)
     if not follow:
-        return
+        return EXIT_PASSED
     build = client.wait_for_build(job, queue_item, poll=poll, deadline=deadline)
     if build is None:
         click.echo(f"{job}: the queued build was cancelled", err=True)
-        sys.exit(result_exit_code("ABORTED"))
+        return result_exit_code("ABORTED")
     click.echo(f"{job} #{build.number} started: {build.url}", err=True)
-    _follow(client, build, poll, deadline)
+    return _follow(client, build, poll, deadline)
 
 
 @jobs.command("follow")
@@ -245,13 +225,12 @@ def _trigger(client: Any, job: str, parameters: dict[str, str], follow: bool, ti
 @_conf_option
 @_timeout_option
 @_poll_option
-@_reports
 def jobs_follow(job: str, number: int | None, url: str | None, conf: Path | None, timeout: float,
-                poll: float) -> None:
+                poll: float) -> int:
     """Print the console of build NUMBER of JOB (default: its last build)
     until it finishes; exit with its result like `trigger`."""
     from xci_cn.jenkins.jobs import BuildRef, JenkinsJobs, load_settings
 
     with JenkinsJobs(load_settings(url, conf)) as client:
         build = BuildRef(job, number, "") if number else client.last_build(job)
-        _follow(client, build, poll, _deadline(timeout))
+        return _follow(client, build, poll, _deadline(timeout))

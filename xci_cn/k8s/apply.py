@@ -232,12 +232,12 @@ def _identity(manifest: Manifest) -> tuple[str, str | None, str]:
 
 
 def _crds_in(manifests: ManifestSet) -> set[tuple[str, str]]:
-    out = set()
+    out: set[tuple[str, str]] = set()
     for manifest in manifests.manifests:
         if manifest.kind != "CustomResourceDefinition":
             continue
         spec = manifest.body.get("spec") or {}
         kind = (spec.get("names") or {}).get("kind")
         for version in spec.get("versions") or []:
-            out.add((f"{spec.get('group')}/{version.get('name')}", kind))
+            out.add((f"{spec.get('group')}/{version.get('name')}", str(kind)))
     return out

@@ -3,14 +3,17 @@ the report's DAG view)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from graphlib import TopologicalSorter
 from typing import Protocol
 
 
 class Node(Protocol):
-    name: str
-    needs: Iterable[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs(self) -> Sequence[str]: ...
 
 
 class HasStages(Protocol):

@@ -14,6 +14,7 @@ persisted to ``state.json``. The runner never prints: it calls
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -22,16 +23,16 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
 from xci_cn.config.model import Scenario, StageSpec
+from xci_cn.config.stage_types import StageRegistry, stage_types
 from xci_cn.errors import Cancelled, EnvironmentProblem, InvalidInput, TemporaryError, XciCnError
 from xci_cn.pipeline.plan import levels
-from xci_cn.pipeline.registry import StageRegistry, stage_types
 from xci_cn.pipeline.stage import RunInputs, StageContext, StageType
 from xci_cn.pipeline.state import (
     AttemptRecord,
@@ -324,7 +325,7 @@ class Runner:
                             record.status = Status.RUNNING
                             running += 1
                             future = pool.submit(self._execute, record, logs)
-                            future.add_done_callback(lambda _, name=name: self._events.put(name))
+                            future.add_done_callback(functools.partial(self._stage_done, name))
                             continue
                         record.end(*ending)
                         self._transition(record, record.status)
@@ -344,6 +345,9 @@ class Runner:
                            duration, self.interrupted_by)
         self.persist(result.status)
         return result
+
+    def _stage_done(self, name: str, _future: Future[None]) -> None:
+        self._events.put(name)
 
     # -- one stage ----------------------------------------------------------------------
     def _execute(self, record: StageRecord, logs: _StageLogs) -> None:

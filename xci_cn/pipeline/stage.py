@@ -17,10 +17,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from xci_cn.config.stage_types import StageType
 from xci_cn.errors import Cancelled, InvalidInput, raise_if_set
 
 
@@ -188,17 +189,6 @@ def require_kubeconfig(ctx: StageContext) -> str:
     if not kubeconfig:
         raise InvalidInput(f"stage {ctx.stage} needs a cluster: a provision stage before it, or --kubeconfig")
     return kubeconfig
-
-
-class StageType(Protocol):
-    """A pluggable kind of stage."""
-
-    name: ClassVar[str]
-    options_model: ClassVar[type[StageOptions]]
-
-    def run(self, ctx: StageContext, options: Any) -> dict[str, Any]:
-        """Do the work; return JSON-serialisable outputs or raise StageFailed."""
-        ...
 
 
 __all__ = ["Cancelled", "Check", "RunInputs", "StageContext", "StageOptions", "StageType",

@@ -31,7 +31,7 @@ from xci_cn.errors import (
 from xci_cn.files import write_json_atomic
 from xci_cn.pipeline.stage import RunInputs
 
-STATE_VERSION = 1
+STATE_VERSION: Literal[1] = 1
 
 
 class Status(StrEnum):

@@ -273,7 +273,7 @@ def weights_svg(steps: list[dict[str, Any]], width: int = WIDE) -> str:
         if step.get("reason"):
             title += f" — {step['reason']}"
         parts.append(f"<title>{escape(title)}</title>")
-        bottom = top + plot_h
+        bottom = float(top + plot_h)
         for version in colours:
             share = number(weights.get(version))
             if not share:
@@ -365,11 +365,11 @@ def metric_svg(series: MetricSeries, step_count: int, width: int = WIDE) -> str:
              f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg" {FONT}>']
     count = round((high - low) / tick)
     for k in range(count + 1):
-        value = low + k * tick
-        y = y_of(value)
+        tick_value = low + k * tick
+        y = y_of(tick_value)
         parts.append(f'<line class="grid" x1="{_CANARY_LEFT}" y1="{y:.1f}" x2="{width - _CANARY_RIGHT}" '
                      f'y2="{y:.1f}" stroke="#eee"/>')
-        parts.append(_text(_CANARY_LEFT - 6, y + 4, value_label(round(value, 12)), anchor="end", fill="#666"))
+        parts.append(_text(_CANARY_LEFT - 6, y + 4, value_label(round(tick_value, 12)), anchor="end", fill="#666"))
     thresholds = [(centre(i), y_of(t)) for i, _, t, _ in series.points if t is not None]
     if thresholds:
         # Extend a lone threshold across the plot so it reads as a line.
@@ -388,9 +388,9 @@ def metric_svg(series: MetricSeries, step_count: int, width: int = WIDE) -> str:
         if value is None:
             parts.append(_text(x, top + plot_h / 2, "no data", anchor="middle", cls="no-data", fill="#999"))
             continue
-        colour = {True: STATUS_COLOURS["passed"], False: STATUS_COLOURS["failed"]}.get(
-            passed, STATUS_COLOURS["cancelled"])
-        verdict = {True: "passed", False: "failed"}.get(passed, "no verdict")
+        colour = (STATUS_COLOURS["cancelled"] if passed is None
+                  else STATUS_COLOURS["passed"] if passed else STATUS_COLOURS["failed"])
+        verdict = "no verdict" if passed is None else "passed" if passed else "failed"
         title = f"{label} at step index {index + 1}: {value_label(value)}"
         if threshold is not None:
             title += f" (threshold {series.op} {value_label(threshold)})"

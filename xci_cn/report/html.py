@@ -10,6 +10,7 @@ laptop without network. Every piece of text is redacted and escaped.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -151,9 +152,15 @@ def _stages(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in summary.get("stages") or [] if isinstance(s, dict)]
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` when it is a mapping, else an empty one (a summary from disk
+    may hold anything)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _header(summary: dict[str, Any]) -> str:
-    inputs = summary.get("inputs") if isinstance(summary.get("inputs"), dict) else {}
-    jenkins = inputs.get("jenkins") if isinstance(inputs.get("jenkins"), dict) else {}
+    inputs = _mapping(summary.get("inputs"))
+    jenkins = _mapping(inputs.get("jenkins"))
     run = [("Scenario", _e(summary.get("scenario"))), ("Flavor", _e(summary.get("flavor"))),
            ("Installer", _e(summary.get("installer"))), ("Distro", _e(inputs.get("distro") or "-")),
            ("Started", _when(summary.get("started"))), ("Duration", _duration(summary.get("duration"))),
@@ -256,7 +263,8 @@ def _checks(stages: list[dict[str, Any]]) -> str:
     failed = sum(check.get("passed") is False for _, check in checks)
     rows = []
     for stage, check in checks:
-        verdict = {True: "passed", False: "failed"}.get(check.get("passed"), "unknown")
+        passed = check.get("passed")
+        verdict = "passed" if passed is True else "failed" if passed is False else "unknown"
         details = check.get("details")
         details_html = ""
         if details:
@@ -270,7 +278,7 @@ def _checks(stages: list[dict[str, Any]]) -> str:
 
 
 def _canary_steps(stage: dict[str, Any]) -> list[dict[str, Any]]:
-    outputs = stage.get("outputs") if isinstance(stage.get("outputs"), dict) else {}
+    outputs = _mapping(stage.get("outputs"))
     steps = outputs.get("steps")
     if not isinstance(steps, list):
         return []
@@ -281,7 +289,7 @@ def _step_rows(steps: list[dict[str, Any]]) -> str:
     rows = []
     for index, step in enumerate(steps):
         weights = ", ".join(f"{k} {v}%" for k, v in step["weights"].items())
-        analysis = step.get("analysis") if isinstance(step.get("analysis"), dict) else {}
+        analysis = _mapping(step.get("analysis"))
         failing = [m for m in analysis.get("metrics") or []
                    if isinstance(m, dict) and m.get("passed") is False]
         notes = [str(step["reason"])] if step.get("reason") else []
@@ -310,7 +318,7 @@ def _canary(stage: dict[str, Any]) -> str:
         need = f" — needs {series.op} {', '.join(f'{t:g}' for t in sorted(thresholds))}" if thresholds else ""
         metrics.append(f"<h4>{_e(series.name)}{' (' + _e(series.version) + ')' if series.version else ''}"
                        f"{_e(need)}</h4>"
-                       + _responsive(lambda width, series=series: metric_svg(series, len(steps), width)))
+                       + _responsive(functools.partial(metric_svg, series, len(steps))))
     metric_html = "".join(metrics) or '<p class="muted">No metric analysis recorded for these steps.</p>'
     rolled_back = any(s.get("action") == "rollback" for s in steps)
     strategy = outputs.get("strategy") or "canary"

@@ -161,12 +161,13 @@ class _GoBuilder:
         self.work = root / "build"
         self.versions = versions
         self.say = say
-        self.go = shutil.which("go")
-        if not self.go:
+        go = shutil.which("go")
+        if not go:
             raise EnvironmentProblem(
                 "the sandbox needs Go (1.26 or newer) to build kube-apiserver, etcd and kwok from Go "
                 "modules: install Go (e.g. 'apt-get install golang' or from go.dev) and the module "
                 "proxy must be reachable; set XCI_CN_CACHE to reuse binaries built elsewhere")
+        self.go: str = go
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -1,18 +1,31 @@
-"""Registry of stage types.
+"""Registry of stage types: the names a scenario's ``type:`` may use, each
+with the options model its ``with:`` is validated against.
 
 Stage types are plugins in the ``xci_cn.stages`` entry-point group (the
 built-ins are registered the same way, in setup.cfg). They are imported only
 when first asked for, so ``xci-cn --help`` stays fast. Registering the same
-name twice is refused.
+name twice is refused. It lives with the scenario model, which validates
+against it; the runner (``xci_cn.pipeline``) gets the types from here.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from xci_cn.pipeline.stage import StageType
+from pydantic import BaseModel
+
+
+class StageType(Protocol):
+    """A pluggable kind of stage (see ``xci_cn.pipeline.stage`` for what
+    ``run`` is given)."""
+
+    name: ClassVar[str]
+    options_model: ClassVar[type[BaseModel]]
+
+    def run(self, ctx: Any, options: Any) -> dict[str, Any]:
+        """Do the work; return JSON-serialisable outputs or raise StageFailed."""
+        ...
 
 GROUP = "xci_cn.stages"
 
@@ -25,7 +38,7 @@ class StageRegistry:
     """Name -> stage type, loaded lazily from entry points."""
 
     def __init__(self) -> None:
-        self._points = {}
+        self._points: dict[str, EntryPoint] = {}
         self._loaded: dict[str, StageType] = {}
         for point in entry_points(group=GROUP):
             if point.name in self._points and self._points[point.name].value != point.value:

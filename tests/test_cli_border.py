@@ -1,0 +1,54 @@
+"""One border for every command: an error becomes one line and its exit code
+whatever command raised it, and commands return exit codes rather than
+calling sys.exit."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+from tests.helpers import cli
+from tests.meshmetrics import free_port
+from xci_cn.paths import REPO_ROOT
+
+
+def unreachable_kubeconfig(directory: Path) -> Path:
+    """A well-formed kubeconfig whose API server does not listen."""
+    path = directory / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}",
+                                               "insecure-skip-tls-verify": True}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+    }))
+    return path
+
+
+def test_rollout_with_an_unreachable_api_server_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    kubeconfig = unreachable_kubeconfig(tmp_path)
+    proc = cli("rollout", "status", "-n", "sdc", "--service", "http-lb", "--kubeconfig", str(kubeconfig),
+               timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("xci-cn: discovering networking.istio.io/v1: unreachable (")
+    assert "not-a-real-token" not in proc.stderr
+
+
+def test_an_error_of_a_nested_group_goes_through_the_same_border(tmp_path: Path) -> None:
+    proc = cli("sandbox", "status", "--name", "no-such-sandbox", env={"XCI_CN_SANDBOX_HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr == "xci-cn: there is no sandbox named 'no-such-sandbox' (sandboxes: none)\n"
+
+
+def test_no_command_calls_sys_exit() -> None:
+    calls = []
+    for path in sorted((REPO_ROOT / "xci_cn").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "exit" and getattr(node.func.value, "id", None) == "sys":
+                calls.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    # The reference generator is a script of its own (python -m), not a command.
+    assert calls == ["xci_cn/docs_reference.py:302"]
