@@ -19,6 +19,7 @@ from xci_cn.errors import InvalidInput
 from xci_cn.jenkins.jjb import render
 from xci_cn.jenkins.jobs import load_settings, normalized
 from xci_cn.paths import JJB_DIR
+from xci_cn.settings import Settings, current
 
 GLOB = "xci-cn-xci-cn-*"  # the verify and merge jobs of the xci-cn project: 8 jobs
 
@@ -142,20 +143,30 @@ def test_credentials_are_not_accepted_on_the_command_line(jenkins: FakeJenkins) 
 
 
 # -- settings ------------------------------------------------------------------------
-def test_settings_precedence_option_environment_file(tmp_path: Path) -> None:
+def environment(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> Settings:
+    """The settings with exactly ``values`` of the Jenkins client's variables set."""
+    for name in ("JENKINS_URL", "JENKINS_USER", "JENKINS_API_TOKEN", "JENKINS_PASSWORD", "XCI_CN_JENKINS_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return current()
+
+
+def test_settings_precedence_option_environment_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "jenkins.ini"
     conf.write_text("[jenkins]\nurl=https://file.example/\nuser=file-user\npassword=file-token-123\n")
-    from_file = load_settings(None, conf, {})
+    from_file = load_settings(None, conf, environment(monkeypatch, {}))
     assert (from_file.url, from_file.user, from_file.token) == \
         ("https://file.example/", "file-user", "file-token-123")
     assert "file-token-123" not in repr(from_file)
-    env = {"JENKINS_URL": "https://env.example", "JENKINS_USER": "env-user",
-           "JENKINS_API_TOKEN": "env-token-1"}
+    env = environment(monkeypatch, {"JENKINS_URL": "https://env.example", "JENKINS_USER": "env-user",
+                                    "JENKINS_API_TOKEN": "env-token-1"})
     from_env = load_settings(None, conf, env)
     assert (from_env.url, from_env.user, from_env.token) == \
         ("https://env.example/", "env-user", "env-token-1")
     assert load_settings("http://option.example", conf, env).url == "http://option.example/"
-    assert load_settings(None, None, {"XCI_CN_JENKINS_CONF": str(conf)}).user == "file-user"
+    assert load_settings(None, None, environment(monkeypatch, {"XCI_CN_JENKINS_CONF": str(conf)})).user \
+        == "file-user"
 
 
 @pytest.mark.parametrize(("conf_text", "env", "error"), [
@@ -165,12 +176,14 @@ def test_settings_precedence_option_environment_file(tmp_path: Path) -> None:
     ("[other]\nurl=http://x\n", {}, "no [jenkins] section"),
     ("not an ini", {}, "File contains no section headers."),
 ])
-def test_bad_settings_are_input_errors(tmp_path: Path, conf_text: str | None, env: dict, error: str) -> None:
+def test_bad_settings_are_input_errors(tmp_path: Path, conf_text: str | None, env: dict, error: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "jenkins.ini"
     if conf_text is not None:
         conf.write_text(conf_text)
+    settings = environment(monkeypatch, {**env, "HOME": str(tmp_path)})
     with pytest.raises(InvalidInput) as caught:
-        load_settings(None, conf if conf_text is not None else None, {**env, "HOME": str(tmp_path)})
+        load_settings(None, conf if conf_text is not None else None, settings)
     assert error in str(caught.value)
 
 

@@ -22,11 +22,33 @@ from xci_cn import __version__
 from xci_cn.errors import EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_PASSED, EXIT_SIGINT, InvalidInput, XciCnError
 from xci_cn.jenkins.commands import detect, jobs
 
-DEFAULT_SCENARIO = "k8-nosdn-istio"
-DEFAULT_FLAVOR = "mini"
-JENKINS_VARIABLES = ("BUILD_URL", "JOB_NAME", "BUILD_NUMBER", "GERRIT_CHANGE_NUMBER",
-                     "GERRIT_PATCHSET_NUMBER", "GERRIT_REFSPEC", "GERRIT_BRANCH", "GERRIT_PROJECT",
-                     "GERRIT_TOPIC")
+
+class SettingOption(click.Option):
+    """An option for a setting of ``xci_cn.settings.Settings``: its default
+    and environment variable come from there, and the command gets the value
+    ``Settings.resolve`` gives (the command line's, else the environment's,
+    else the default). The settings (and pydantic) are imported only when
+    the command runs or its help is shown, so ``xci-cn --help`` stays fast."""
+
+    def __init__(self, decls: list[str], *, field: str, **attrs: Any):
+        self.field = field
+        self.help_text = attrs.pop("help", "")
+        super().__init__(decls, default=None, callback=self._resolve, **attrs)
+
+    def _resolve(self, _ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        from xci_cn.settings import Settings
+
+        return getattr(Settings.resolve(**{self.field: value}), self.field)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from xci_cn.settings import describe
+
+        self.help = describe(self.field, self.help_text)
+        return super().get_help_record(ctx)
+
+
+def setting(*decls: str, field: str, help: str = "") -> Callable[[Any], Any]:
+    return click.option(*decls, cls=SettingOption, field=field, help=help)
 
 
 class Border(click.Group):
@@ -140,18 +162,12 @@ def report(results_dir: Path) -> None:
 
 # -- run -----------------------------------------------------------------------------
 @main.command()
-@click.option("--scenario", "scenario_ref", envvar="DEPLOY_SCENARIO", default=DEFAULT_SCENARIO,
-              show_default=True, help="Bundled scenario name or scenario file [env DEPLOY_SCENARIO].")
-@click.option("--flavor", envvar="XCI_FLAVOR", default=DEFAULT_FLAVOR, show_default=True,
-              help="XCI flavor: aio, mini, noha, ha [env XCI_FLAVOR].")
-@click.option("--installer", envvar="INSTALLER_TYPE", default=None,
-              help="sandbox, existing or kubespray; default: the scenario's [env INSTALLER_TYPE].")
-@click.option("--distro", envvar="XCI_DISTRO", default="ubuntu", show_default=True,
-              help="[env XCI_DISTRO]")
-@click.option("--kubeconfig", envvar="KUBECONFIG", default=None,
-              help="Cluster for the 'existing' installer [env KUBECONFIG].")
-@click.option("--sandbox-name", envvar="XCI_CN_SANDBOX", default="xci-cn", show_default=True,
-              help="Name of the local sandbox cluster [env XCI_CN_SANDBOX].")
+@setting("--scenario", "scenario_ref", field="scenario", help="Bundled scenario name or scenario file.")
+@setting("--flavor", field="flavor", help="XCI flavor: aio, mini, noha, ha.")
+@setting("--installer", field="installer", help="sandbox, existing or kubespray; default: the scenario's.")
+@setting("--distro", field="distro")
+@setting("--kubeconfig", field="kubeconfig", help="Cluster for the 'existing' installer.")
+@setting("--sandbox-name", field="sandbox", help="Name of the local sandbox cluster.")
 @click.option("--stages", "selected", default=None, help="Comma-separated stages to run (others not run).")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True)
@@ -168,8 +184,7 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
         sandbox_name: str, selected: str | None, results_dir: Path, resume: bool, dry_run: bool,
         jobs: int, retry_backoff: float, quiet: bool, verbose: bool) -> int | None:
     """Run a scenario's stage pipeline and write results for Jenkins."""
-    import os
-
+    from xci_cn import settings
     from xci_cn.config.model import INSTALLERS, check_flavor, load_scenario_file, resolve_scenario
     from xci_cn.pipeline.stage import RunInputs
 
@@ -194,9 +209,8 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
         if unknown:
             raise InvalidInput(f"--stages: unknown stage(s) {', '.join(unknown)} "
                                f"(scenario has {', '.join(stage_names)})")
-    jenkins = {key: os.environ[key] for key in JENKINS_VARIABLES if os.environ.get(key)}
     inputs = RunInputs(scenario=scenario.name, flavor=flavor, installer=installer, distro=distro,
-                       kubeconfig=kubeconfig, sandbox_name=sandbox_name, jenkins=jenkins)
+                       kubeconfig=kubeconfig, sandbox_name=sandbox_name, jenkins=settings.current().jenkins_context())
     if dry_run:
         from xci_cn.pipeline.plan import levels
 
@@ -296,9 +310,8 @@ def _sandbox_log() -> Any:
 
 
 @sandbox.command("up")
-@click.option("--flavor", envvar="XCI_FLAVOR", default=DEFAULT_FLAVOR, show_default=True,
-              help="XCI flavor: aio, mini, noha, ha [env XCI_FLAVOR].")
-@click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@setting("--flavor", field="flavor", help="XCI flavor: aio, mini, noha, ha.")
+@setting("--name", field="sandbox")
 @click.option("--api-port", type=click.IntRange(0, 65535), default=0,
               help="Preferred API server port (another is chosen when it is taken).")
 @click.option("--no-istio", is_flag=True, help="Do not install Istio's CRDs.")
@@ -319,7 +332,7 @@ def sandbox_up(flavor: str, name: str, api_port: int, no_istio: bool, quiet: boo
 
 
 @sandbox.command("down")
-@click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@setting("--name", field="sandbox")
 def sandbox_down(name: str) -> None:
     """Stop a sandbox and delete its directory; nothing is left running."""
     from xci_cn.sandbox.cluster import down
@@ -329,7 +342,7 @@ def sandbox_down(name: str) -> None:
 
 
 @sandbox.command("status")
-@click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@setting("--name", field="sandbox")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def sandbox_status(name: str, as_json: bool) -> int:
     """API URL, server version, nodes with roles and Ready state, Istio CRDs."""
@@ -357,7 +370,7 @@ def sandbox_status(name: str, as_json: bool) -> int:
 
 
 @sandbox.command("kubeconfig")
-@click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@setting("--name", field="sandbox")
 def sandbox_kubeconfig(name: str) -> None:
     """Print the path of the sandbox's kubeconfig (for scripts)."""
     from xci_cn.sandbox.cluster import Sandbox, list_sandboxes
@@ -391,8 +404,8 @@ def _rollout_command(action: str) -> Any:
     @click.option("--namespace", "-n", required=True)
     @click.option("--service", required=True, help="VirtualService/DestinationRule name.")
     @click.option("--host", default=None, help="Route host (default <service>.<ns>.svc.cluster.local).")
-    @click.option("--kubeconfig", envvar="KUBECONFIG", default=None, help="[env KUBECONFIG]")
-    @click.option("--sandbox-name", envvar="XCI_CN_SANDBOX", default="xci-cn", show_default=True)
+    @setting("--kubeconfig", field="kubeconfig")
+    @setting("--sandbox-name", field="sandbox")
     def command(namespace: str, service: str, host: str | None, kubeconfig: str | None,
                 sandbox_name: str) -> None:
         import json

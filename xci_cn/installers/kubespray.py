@@ -11,10 +11,10 @@ results dir. It needs real hosts: it cannot run on a CI machine without them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 
+from xci_cn import settings
 from xci_cn.ansible.runner import run_playbook
 from xci_cn.errors import InvalidInput
 from xci_cn.paths import PLAYBOOKS_DIR
@@ -29,8 +29,8 @@ def install(scenario: str, flavor: str, kubernetes_version: str | None, *, kubec
             cancel: threading.Event | None = None) -> Path:
     """Run kubespray against the inventory's hosts; it copies the admin
     kubeconfig back to ``kubeconfig``, which is returned."""
-    kubespray_dir = os.environ.get("KUBESPRAY_DIR", "")
-    inventory = os.environ.get("XCI_CN_KUBESPRAY_INVENTORY", "")
+    kubespray_dir = settings.current().kubespray_dir or ""
+    inventory = settings.current().kubespray_inventory or ""
     if not kubespray_dir or not (Path(kubespray_dir) / "cluster.yml").is_file():
         raise InvalidInput("installer 'kubespray' needs a kubespray checkout: set KUBESPRAY_DIR "
                            f"(now {kubespray_dir or 'unset'}) to a directory with cluster.yml")

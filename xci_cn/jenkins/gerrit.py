@@ -26,15 +26,14 @@ source of the value.
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xci_cn.errors import EnvironmentProblem, InvalidInput
+from xci_cn.settings import Settings, current
 
 DEFAULT_SCENARIO = "k8-nosdn-istio"
 DEFAULT_FLAVOR = "mini"
@@ -177,15 +176,16 @@ def _describe(named: dict[str, list[str]]) -> str:
                      for name, paths in sorted(named.items()))
 
 
-def detect(change: Change, repo: Path, environ: Mapping[str, str] | None = None,
-           pipeline: str = "verify") -> Detection:
+def detect(change: Change, repo: Path, env: Settings | None = None, pipeline: str = "verify") -> Detection:
     """Apply the rule of this module's docstring to ``change``."""
     from xci_cn.config.model import INSTALLERS, check_flavor, load_scenario_file
 
-    env = os.environ if environ is None else environ
+    env = env or current()
     known = known_scenarios(repo)
     message = message_overrides(change.message)
-    manual = {key: env[var].strip() for key, var in _PARAMETERS.items() if env.get(var, "").strip()}
+    # Job parameters set by hand: DEPLOY_SCENARIO, XCI_FLAVOR, INSTALLER_TYPE.
+    manual = {key: str(getattr(env, key)).strip() for key in _PARAMETERS
+              if env.given(key) and str(getattr(env, key) or "").strip()}
     chosen = {**message, **manual}
     source = {key: (f"job parameter {_PARAMETERS[key]}" if key in manual else
                     f"commit message {next(k for k, v in _MESSAGE_KEYS.items() if v == key)}")

@@ -13,7 +13,6 @@ refused credentials or unknown job -> InvalidInput).
 from __future__ import annotations
 
 import configparser
-import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from xci_cn.errors import EXIT_FAILED, EXIT_PASSED, EXIT_SIGINT, EnvironmentProblem, InvalidInput
 from xci_cn.jenkins.jjb import RenderedJob
 from xci_cn.secrets import redactor
+from xci_cn.settings import Settings, current
 
 # Build result -> exit code of `xci-cn jobs trigger|follow`.
 RESULT_EXIT_CODES = {"SUCCESS": EXIT_PASSED, "UNSTABLE": EXIT_FAILED, "FAILURE": EXIT_FAILED,
@@ -41,15 +41,14 @@ class JenkinsSettings:
     timeout: float = 30.0
 
 
-def load_settings(url: str | None, conf: Path | None, environ: Mapping[str, str] | None = None) -> \
-        JenkinsSettings:
+def load_settings(url: str | None, conf: Path | None, env: Settings | None = None) -> JenkinsSettings:
     """Precedence: ``--url`` > environment (JENKINS_URL, JENKINS_USER,
     JENKINS_API_TOKEN or JENKINS_PASSWORD) > the config file (``--conf``, env
     XCI_CN_JENKINS_CONF, else ~/.config/xci-cn/jenkins.ini; JJB's
     jenkins_jobs.ini format: ``[jenkins] url= user= password=``)."""
-    env = os.environ if environ is None else environ
+    env = env or current()
     file_values: dict[str, str] = {}
-    explicit = conf or (Path(env["XCI_CN_JENKINS_CONF"]) if env.get("XCI_CN_JENKINS_CONF") else None)
+    explicit = conf or env.jenkins_conf
     path = (explicit or DEFAULT_CONF).expanduser()
     if explicit is not None and not path.is_file():
         raise InvalidInput(f"{path}: no such Jenkins config file")
@@ -62,11 +61,11 @@ def load_settings(url: str | None, conf: Path | None, environ: Mapping[str, str]
         if not parser.has_section("jenkins"):
             raise InvalidInput(f"{path}: no [jenkins] section")
         file_values = dict(parser.items("jenkins"))
-    user = env.get("JENKINS_USER") or file_values.get("user") or None
-    token = (env.get("JENKINS_API_TOKEN") or env.get("JENKINS_PASSWORD") or file_values.get("password")
+    user = env.jenkins_user or file_values.get("user") or None
+    token = (env.jenkins_api_token or env.jenkins_password or file_values.get("password")
              or file_values.get("api_token") or None)
     redactor().add(token)
-    resolved = url or env.get("JENKINS_URL") or file_values.get("url")
+    resolved = url or env.jenkins_url or file_values.get("url")
     if not resolved:
         raise InvalidInput("no Jenkins URL: --url, $JENKINS_URL or url= in the [jenkins] section of "
                            f"{path}")

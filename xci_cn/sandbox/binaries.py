@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from xci_cn import settings
 from xci_cn.errors import EnvironmentProblem
 
 Progress = Callable[[str], None]
@@ -60,11 +61,7 @@ MANIFEST = "manifest.json"
 
 
 def cache_root() -> Path:
-    explicit = os.environ.get("XCI_CN_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "xci-cn"
+    return settings.current().cache_dir()
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from xci_cn import settings
 from xci_cn.errors import InvalidInput, StageFailed
 from xci_cn.paths import PLAYBOOKS_DIR
 from xci_cn.sandbox.binaries import SandboxBinaries, ensure_binaries, find_kubectl
@@ -37,11 +38,7 @@ def flavor_nodes() -> dict[str, list[dict[str, str]]]:
 
 
 def sandbox_home() -> Path:
-    explicit = os.environ.get("XCI_CN_SANDBOX_HOME")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "xci-cn" / "sandboxes"
+    return settings.current().sandboxes_dir()
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ a verdict that is not good enough becomes an exception the strategies know
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
+from xci_cn import settings
 from xci_cn.errors import InvalidInput, PermanentError, RolloutPaused
 from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, AnalysisSpec, analyse
 from xci_cn.verify.prometheus import Prometheus
@@ -32,7 +32,7 @@ class AnalysisPaused(RolloutPaused):
 
 
 def prometheus_url(spec: AnalysisSpec) -> str:
-    url = spec.prometheus or os.environ.get("XCI_CN_PROMETHEUS_URL")
+    url = spec.prometheus or settings.current().prometheus_url
     if not url:
         raise InvalidInput("analysis needs Prometheus: set `prometheus` or $XCI_CN_PROMETHEUS_URL")
     return url
