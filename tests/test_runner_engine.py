@@ -5,6 +5,7 @@ plugin) whose ``run`` blocks, as a stuck API call or a stuck read would."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -14,9 +15,9 @@ import pytest
 
 from tests.helpers import make_runner
 from xci_cn.config.stage_types import stage_types
-from xci_cn.errors import Cancelled
+from xci_cn.errors import Cancelled, InvalidInput
 from xci_cn.pipeline.stage import StageContext, StageOptions
-from xci_cn.pipeline.state import Outcome, Status
+from xci_cn.pipeline.state import Outcome, RunStatus, Status, load_state
 
 
 class SpanOptions(StageOptions):
@@ -159,3 +160,32 @@ stages:
                         "next": (Status.CANCELLED, Outcome.CANCELLED),
                         "teardown": (Status.PASSED, Outcome.PASSED)}
     assert result.exit_code == 130
+
+
+def test_resume_validates_state_json_through_the_model(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "state.json").write_text(json.dumps({
+        "version": 1, "run_id": "x", "fingerprint": "f", "scenario": "s", "inputs": {}, "status": "failed",
+        "stages": [{"name": "a", "type": "shell", "status": "passed", "history": 7}]}))
+    with pytest.raises(InvalidInput) as caught:
+        make_runner(tmp_path, "name: s\nstages:\n  - {name: a, type: shell, with: {command: 'true'}}\n",
+                    resume=True)
+    assert str(caught.value) == (f"{results / 'state.json'}: stages.0.history: Input should be a valid list "
+                                 "(not a state.json of this xci-cn; move it away or run without --resume)")
+
+
+def test_state_json_reads_back_what_it_wrote(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path, """
+name: s
+stages:
+  - {name: a, type: test-span, with: {seconds: 0}}
+  - {name: b, type: test-span, needs: [a], timeout: 0.2s, with: {seconds: 5, obey_cancel: true}}
+""")
+    result = runner.run()
+    previous = load_state(runner.state_path)
+    assert previous is not None
+    assert previous.status == RunStatus.FAILED
+    assert [(s.name, s.status, s.outcome, len(s.history)) for s in previous.stages] == [
+        ("a", Status.PASSED, Outcome.PASSED, 1), ("b", Status.FAILED, Outcome.TIMED_OUT, 1)]
+    assert [r.outcome for r in result.records] == [s.outcome for s in previous.stages]

@@ -4,17 +4,60 @@ other report is rendered from (``xci-cn report`` re-renders from it)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
 from xci_cn import __version__
+from xci_cn.errors import InvalidInput
 from xci_cn.files import write_json_atomic
-from xci_cn.pipeline.state import RunResult
+from xci_cn.pipeline.state import RunResult, StageRecord, Status
 from xci_cn.secrets import redactor
 
 SUMMARY_VERSION = 1
+_RECORD = TypeAdapter(StageRecord)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class AttemptSummary(_Open):
+    attempt: int
+    started: str | None = None
+    duration: float | None = None
+    error: str | None = None
+
+
+class CheckSummary(_Open):
+    name: str
+    passed: bool
+    message: str = ""
+    details: dict[str, Any] = {}
+
+
+class StageSummary(_Open):
+    name: str
+    type: str = ""
+    status: Status
+    started: str | None = None
+    duration: float | None = None
+    attempts: int = 0
+    error: str | None = None
+    outputs: dict[str, Any] = {}
+    checks: list[CheckSummary] = []
+    history: list[AttemptSummary] = []
+
+
+class Summary(_Open):
+    """What summary.json must hold for the reports rendered from it."""
+
+    version: int
+    scenario: str
+    result: str
+    stages: list[StageSummary]
 
 
 def iso(ts: float | None) -> str | None:
@@ -26,7 +69,7 @@ def iso(ts: float | None) -> str | None:
 def build_summary(result: RunResult) -> dict[str, Any]:
     stages = []
     for record in result.records:
-        data = asdict(record)
+        data = _RECORD.dump_python(record, mode="json")
         data["started"] = iso(record.started)
         for attempt in data["history"]:
             attempt["started"] = iso(attempt["started"])
@@ -59,4 +102,20 @@ def write_summary(summary: dict[str, Any], path: Path) -> Path:
 
 
 def read_summary(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    """summary.json as written by ``write_summary``; InvalidInput naming the
+    file (and the field) when it is missing, not JSON or not a summary."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file (a results directory of 'xci-cn run' has one)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path}: not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+        raise InvalidInput(f"{path}: not an xci-cn summary (no 'stages' list)")
+    try:
+        Summary.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise InvalidInput(f"{path}: {where}: {error['msg']}") from None
+    return data
