@@ -60,6 +60,20 @@ class RolloutState:
                    list(data.get("steps", [])))
 
 
+def route_weights(vs: dict[str, Any], host: str) -> dict[str, int]:
+    """Subset -> weight over every http route of VirtualService ``vs`` to
+    ``host``; a lone destination without a weight carries 100."""
+    out: dict[str, int] = {}
+    for route in (vs.get("spec") or {}).get("http") or []:
+        destinations = [d for d in route.get("route") or []
+                        if (d.get("destination") or {}).get("host") == host]
+        for dest in destinations:
+            subset = dest["destination"].get("subset", "")
+            weight = dest.get("weight", 100 if len(destinations) == 1 else 0)
+            out[subset] = out.get(subset, 0) + weight
+    return out
+
+
 class Router:
     """Reads and writes one target's VirtualService/DestinationRule."""
 
@@ -94,16 +108,7 @@ class Router:
 
     def weights(self, vs: dict[str, Any] | None = None) -> dict[str, int]:
         """Subset -> weight over every http route to the target host."""
-        vs = vs or self.virtual_service()
-        out: dict[str, int] = {}
-        for route in (vs.get("spec") or {}).get("http") or []:
-            destinations = [d for d in route.get("route") or []
-                            if (d.get("destination") or {}).get("host") == self.target.host]
-            for dest in destinations:
-                subset = dest["destination"].get("subset", "")
-                weight = dest.get("weight", 100 if len(destinations) == 1 else 0)
-                out[subset] = out.get(subset, 0) + weight
-        return out
+        return route_weights(vs or self.virtual_service(), self.target.host)
 
     def subsets(self) -> set[str]:
         return {s.get("name") for s in (self.destination_rule().get("spec") or {}).get("subsets") or []}
