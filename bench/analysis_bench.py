@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.helpers import sdc_copy
 from tests.meshmetrics import MeshTraffic, PrometheusServer
-from tests.test_deploy import sdc_copy
 from xci_cn.sandbox.binaries import find_kubectl
 from xci_cn.verify.analysis import AnalysisSpec, MetricSpec, default_metrics, measure
 from xci_cn.verify.prometheus import Prometheus

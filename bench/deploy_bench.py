@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import urllib3
 from kubernetes.watch.watch import iter_resp_lines
 
-from tests.test_deploy import sdc_copy
+from tests.helpers import sdc_copy
 from xci_cn.k8s.client import connect
 from xci_cn.k8s.health import HEALTHY, assess
 from xci_cn.k8s.manifests import load_manifests

@@ -13,12 +13,17 @@ from pathlib import Path
 
 from junitparser import Failure, JUnitXml
 
-from tests.helpers import XCI_CN, cli, write_scenario
-from tests.test_scenario_model import DEMO
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+from tests.helpers import (
+    DEMO,
+    SLOW,
+    alive,
+    cli,
+    junit_cases,
+    read_properties,
+    start_run,
+    wait_for_line,
+    write_scenario,
+)
 
 
 def test_issue_demo_exits_1_with_results_that_say_so(tmp_path: Path) -> None:
@@ -109,37 +114,10 @@ def test_stage_selection(tmp_path: Path) -> None:
     assert [s["status"] for s in summary["stages"]] == ["passed", "not-selected", "not-selected"]
 
 
-SLOW = """name: slow
-stages:
-  - {{name: first, type: shell, with: {{command: "echo first >> {log}"}}}}
-  - name: long
-    type: shell
-    needs: [first]
-    with: {{command: "echo long >> {log}; sleep {sleep} & echo $! > {log}.pid; wait"}}
-  - {{name: after, type: shell, needs: [long], with: {{command: "echo after >> {log}"}}}}
-  - {{name: logs, type: shell, needs: [after], always: true, with: {{command: "echo logs >> {log}"}}}}
-"""
-
-
-def _start(tmp_path: Path, text: str) -> subprocess.Popen[str]:
-    write_scenario(tmp_path, text, "slow.yaml")
-    return subprocess.Popen([*XCI_CN, "run", "--scenario", "slow.yaml", "--results-dir", "R"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_line(path: Path, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text().split():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} never appeared in {path}")
-
-
 def test_sigterm_cancels_runs_always_writes_partial_results_exits_143(tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
-    proc = _start(tmp_path, SLOW.format(log=log, sleep=300))
-    _wait_for_line(log, "long")
+    proc = start_run(tmp_path, SLOW.format(log=log, sleep=300))
+    wait_for_line(log, "long")
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -149,17 +127,17 @@ def test_sigterm_cancels_runs_always_writes_partial_results_exits_143(tmp_path: 
     statuses = {s["name"]: s["status"] for s in summary["stages"]}
     assert statuses == {"first": "passed", "long": "cancelled", "after": "cancelled", "logs": "passed"}
     assert summary["result"] == "INTERRUPTED"
-    assert JUnitXml.fromfile(str(tmp_path / "R" / "junit.xml"))
+    assert junit_cases(tmp_path / "R" / "junit.xml") == {"first": [], "long": ["Skipped"], "after": ["Skipped"],
+                                                         "logs": []}
     assert "received SIGTERM" in out
-    # No `sleep 300` left behind by the cancelled stage.
-    assert "sleep 300" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
-                                             text=True).stdout
+    # The cancelled stage's `sleep 300` is not left behind.
+    assert not alive(int(Path(f"{log}.pid").read_text()))
 
 
 def test_sigint_exits_130(tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
-    proc = _start(tmp_path, SLOW.format(log=log, sleep=300))
-    _wait_for_line(log, "long")
+    proc = start_run(tmp_path, SLOW.format(log=log, sleep=300))
+    wait_for_line(log, "long")
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -167,8 +145,8 @@ def test_sigint_exits_130(tmp_path: Path) -> None:
 
 def test_resume_after_sigkill_skips_what_passed(tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
-    proc = _start(tmp_path, SLOW.format(log=log, sleep=300))
-    _wait_for_line(log, "long")
+    proc = start_run(tmp_path, SLOW.format(log=log, sleep=300))
+    wait_for_line(log, "long")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     os.kill(int(Path(f"{log}.pid").read_text()), signal.SIGKILL)  # the orphan of the killed run, by PID
@@ -196,13 +174,15 @@ def test_resume_reruns_a_stage_whose_definition_changed(tmp_path: Path) -> None:
     assert log.read_text().split() == ["first", "long", "after", "logs", "after2", "logs"]
 
 
-def test_help_is_fast_and_does_not_import_the_kubernetes_client() -> None:
-    code = ("import sys, time; t=time.perf_counter(); from click.testing import CliRunner; "
+def test_help_imports_no_heavy_module() -> None:
+    # What --help costs is measured by bench/startup_bench.py; this holds the
+    # reason it is cheap: the client libraries and pydantic stay unimported.
+    code = ("import sys; from click.testing import CliRunner; "
             "from xci_cn.cli import main; r=CliRunner().invoke(main, ['--help']); "
             "assert r.exit_code == 0, r.output; "
-            "print('kubernetes' in sys.modules, 'ansible_runner' in sys.modules)")
+            "print(*(m in sys.modules for m in ('kubernetes', 'ansible_runner', 'jenkins_jobs', 'pydantic')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False", "False"]
 
 
 def test_version() -> None:

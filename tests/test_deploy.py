@@ -4,67 +4,17 @@ strategy; pre-flight rejections leave nothing applied."""
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli, write_scenario
-from xci_cn.paths import SAMPLES_DIR
-
-
-def sdc_copy(tmp_path: Path) -> tuple[Path, str]:
-    """The bundled sample in a namespace of its own, so tests do not meet."""
-    namespace = f"sdc-{uuid.uuid4().hex[:6]}"
-    target = tmp_path / "sdc"
-    shutil.copytree(SAMPLES_DIR / "sdc", target)
-    for path in target.glob("*.yaml"):
-        text = path.read_text().replace("namespace: sdc", f"namespace: {namespace}")
-        if path.name == "00-namespace.yaml":
-            text = text.replace("name: sdc\n", f"name: {namespace}\n")
-        text = text.replace(".sdc.svc", f".{namespace}.svc")
-        path.write_text(text)
-    return target, namespace
-
-
-def deploy_scenario(manifests: Path, namespace: str, **options: object) -> str:
-    extra = "".join(f", {k}: {json.dumps(v)}" for k, v in options.items())
-    return f"""name: deploy-test
-installer: existing
-stages:
-  - name: deploy
-    type: deploy
-    with: {{manifests: ["{manifests}"], namespace: {namespace}{extra}}}
-"""
-
-
-def run(tmp_path: Path, sandbox: dict, text: str, results: str = "R") -> tuple[int, dict, str]:
-    write_scenario(tmp_path, text, "s.yaml")
-    proc = cli("run", "--scenario", "s.yaml", "--kubeconfig", str(sandbox["kubeconfig"]),
-               "--results-dir", results, cwd=tmp_path, timeout=300)
-    summary_path = tmp_path / results / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return proc.returncode, summary, proc.stdout + proc.stderr
-
-
-def kubectl(sandbox: dict, *args: str) -> str:
-    import subprocess
-
-    from xci_cn.sandbox.binaries import find_kubectl
-
-    return subprocess.run([str(find_kubectl()), "--kubeconfig", str(sandbox["kubeconfig"]), *args],
-                          capture_output=True, text=True, check=True).stdout
-
-
-def vs_weights(sandbox: dict, namespace: str) -> dict[str, int]:
-    vs = json.loads(kubectl(sandbox, "get", "virtualservice", "http-lb", "-n", namespace, "-o", "json"))
-    return {d["destination"]["subset"]: d.get("weight", 100) for d in vs["spec"]["http"][0]["route"]}
+from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy, vs_weights, write_scenario
 
 
 def test_full_sdc_deploy_then_idempotent_reapply(sandbox: dict, tmp_path: Path) -> None:
     manifests, namespace = sdc_copy(tmp_path)
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace))
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace))
     assert code == 0, out
     outputs = summary["stages"][0]["outputs"]
     assert outputs["counts"] == {"created": 20, "configured": 0, "unchanged": 0}
@@ -79,14 +29,14 @@ def test_full_sdc_deploy_then_idempotent_reapply(sandbox: dict, tmp_path: Path) 
     assert "xci-cn" in managers
     gateway = json.loads(kubectl(sandbox, "get", "gateway", "sdc-gateway", "-n", namespace, "-o", "json"))
     assert gateway["apiVersion"] == "networking.istio.io/v1"
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace), "R2")
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace), "R2")
     assert code == 0, out
     assert summary["stages"][0]["outputs"]["counts"] == {"created": 0, "configured": 0, "unchanged": 20}
 
 
 def test_canary_four_steps_then_promote(sandbox: dict, tmp_path: Path) -> None:
     manifests, namespace = sdc_copy(tmp_path)
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(
         manifests, namespace, strategy="canary", service="http-lb", stable="v1", canary="v2", mirror=20))
     assert code == 0, out
     steps = summary["stages"][0]["outputs"]["steps"]
@@ -116,7 +66,7 @@ def test_canary_then_rollback_reads_back_stable_at_100(sandbox: dict, tmp_path: 
     needs: [deploy]
     with: {action: rollback, namespace: NS, service: http-lb}
 """.replace("NS", namespace)
-    code, summary, out = run(tmp_path, sandbox, text)
+    code, summary, out = run_on_cluster(tmp_path, sandbox, text)
     assert code == 0, out
     rollback = summary["stages"][1]
     assert rollback["outputs"]["read_back"] == {"weights": {"v1": 100}, "ok": True}
@@ -132,7 +82,7 @@ def test_canary_then_rollback_reads_back_stable_at_100(sandbox: dict, tmp_path: 
 
 def test_bluegreen_switch_and_rollback(sandbox: dict, tmp_path: Path) -> None:
     manifests, namespace = sdc_copy(tmp_path)
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(
         manifests, namespace, strategy="bluegreen", service="http-lb", stable="v1", canary="v2"))
     assert code == 0, out
     assert summary["stages"][0]["outputs"]["steps"][0]["weights"] == {"v1": 0, "v2": 100}
@@ -164,7 +114,7 @@ spec:
     spec:
       containers: [{{name: c, image: nginx}}]
 """)
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace))
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace))
     assert code == 2, out
     line = next(x for x in out.splitlines() if x.startswith("xci-cn:"))
     assert "app.yaml:6: document 2: Deployment/legacy: apiVersion extensions/v1beta1 of Deployment " \
@@ -178,7 +128,7 @@ def test_invalid_virtualservice_rejected_by_istio_schema_nothing_applied(sandbox
     manifests, namespace = sdc_copy(tmp_path)
     path = manifests / "10-gateway.yaml"
     path.write_text(path.read_text().replace("  gateways: [sdc-gateway]", "  gateways: sdc-gateway"))
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace))
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace))
     assert code == 2, out
     error = summary["stages"][0]["error"]
     assert "10-gateway.yaml" in error
@@ -191,7 +141,7 @@ def test_unknown_kind_names_the_document(sandbox: dict, tmp_path: Path) -> None:
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "x.yaml").write_text("apiVersion: example.org/v1\nkind: Widget\nmetadata: {name: w}\n")
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, "default"))
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, "default"))
     assert code == 2, out
     assert "x.yaml:1: document 1: Widget/w: kind Widget is not served by the cluster in apiVersion " \
            "example.org/v1" in summary["stages"][0]["error"]

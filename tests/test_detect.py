@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from junitparser import JUnitXml, Skipped
 
-from tests.helpers import cli
-from tests.test_cli_run import read_properties
+from tests.helpers import cli, read_properties
 from xci_cn.paths import SCENARIOS_DIR
 
 # Nothing from the developer's shell may steer detection in these tests.

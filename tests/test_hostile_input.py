@@ -26,7 +26,7 @@ MANIFESTS = {
     "non-utf8": (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: caf\xe9}\n", "not valid UTF-8"),
     "bomb": (("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: boom}\n" + BOMB).encode(),
              "alias bomb"),
-    "no-kind": (b"apiVersion: v1\nmetadata: {name: x}\n", "ConfigMap" if False else "missing kind"),
+    "no-kind": (b"apiVersion: v1\nmetadata: {name: x}\n", "missing kind"),
     "list": (b"apiVersion: v1\nkind: List\nitems: []\nmetadata: {name: l}\n", "kind List is not supported"),
     "removed-api": (b"apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n",
                     "apiVersion extensions/v1beta1 of Ingress was removed from Kubernetes; use networking.k8s.io/v1"),

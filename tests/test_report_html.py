@@ -29,8 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.browser import Browser
-from tests.helpers import cli, write_scenario
-from tests.test_cli_run import SLOW, _start, _wait_for_line
+from tests.helpers import SLOW, cli, start_run, wait_for_line, write_scenario
 from xci_cn.report.charts import nice_step, seconds_label
 from xci_cn.report.html import render_html
 from xci_cn.secrets import Redactor
@@ -320,8 +319,8 @@ def test_report_command_rerenders_the_page_a_run_wrote(tmp_path: Path) -> None:
 
 def test_report_is_written_after_an_abort(tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
-    proc = _start(tmp_path, SLOW.format(log=log, sleep=300))
-    _wait_for_line(log, "long")
+    proc = start_run(tmp_path, SLOW.format(log=log, sleep=300))
+    wait_for_line(log, "long")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 143

@@ -3,11 +3,10 @@ timeouts (children killed), always-stages and skips."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-from tests.helpers import run_scenario
+from tests.helpers import alive, run_scenario
 
 
 def stages_by_name(result):
@@ -93,9 +92,9 @@ stages:
     assert elapsed < 10
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(child):
+    while time.monotonic() < deadline and alive(child):
         time.sleep(0.05)
-    assert not _alive(child), "the stage's child process outlived its timeout"
+    assert not alive(child), "the stage's child process outlived its timeout"
 
 
 def test_timeout_applies_per_attempt_and_is_retried(tmp_path: Path) -> None:
@@ -117,16 +116,3 @@ stages:
     assert result.status == "passed"
     text = (tmp_path / "results" / "logs" / "hello.log").read_text()
     assert "hello-from-stage" in text and "[stage: hello]" in text
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

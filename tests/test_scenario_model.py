@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import DEMO
 from xci_cn.config.model import (
     bundled_scenarios,
     check_flavor,
@@ -102,25 +103,3 @@ def test_bundled_scenarios_validate() -> None:
         assert scenario.name == path.stem
 
 
-DEMO = """\
-name: demo
-description: free text
-installer: sandbox            # sandbox | existing | kubespray
-flavors: [aio, mini]          # subset of aio, mini, noha, ha
-versions: {kubernetes: "1.36", istio: "1.32"}
-stages:
-  - name: prepare
-    type: shell               # a registered stage type
-    with: {command: "echo hi"}
-  - name: build
-    type: shell
-    needs: [prepare]          # DAG edges
-    timeout: 30s              # hard limit; the stage is cancelled
-    retries: 1                # extra attempts, with backoff
-    with: {command: "exit 1"}
-  - name: collect-logs
-    type: shell
-    needs: [build]
-    always: true              # runs even after a failure or an abort
-    with: {command: "echo logs"}
-"""

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli, run_scenario, write_scenario
+from tests.helpers import (
+    cli,
+    deploy_scenario,
+    kubectl,
+    run_on_cluster,
+    run_scenario,
+    sdc_copy,
+    vs_weights,
+    write_scenario,
+)
 from tests.meshmetrics import free_port, version_servers
-from tests.test_deploy import deploy_scenario, kubectl, sdc_copy, vs_weights
 from xci_cn.verify.analysis import (
     ERROR,
     FAILED,
@@ -269,8 +277,7 @@ def test_inconclusive_canary_pauses_where_it_is(sandbox: dict, mesh_metrics: tup
 
 def _run_deploy(tmp_path: Path, sandbox: dict, manifests: Path, namespace: str, analysis: dict
                 ) -> tuple[int, dict, str]:
-    from tests.test_deploy import run
 
     text = deploy_scenario(manifests, namespace, strategy="canary", service="http-lb", stable="v1",
                            canary="v2", analysis=analysis)
-    return run(tmp_path, sandbox, text)
+    return run_on_cluster(tmp_path, sandbox, text)
