@@ -171,3 +171,18 @@ def alive(pid: int) -> bool:
             return handle.read().split(")")[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def unreachable_kubeconfig(directory: Path) -> Path:
+    from tests.meshmetrics import free_port
+
+    """A well-formed kubeconfig whose API server does not listen."""
+    path = directory / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}",
+                                               "insecure-skip-tls-verify": True}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+    }))
+    return path

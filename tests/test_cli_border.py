@@ -5,25 +5,10 @@ calling sys.exit."""
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 
-from tests.helpers import cli
-from tests.meshmetrics import free_port
+from tests.helpers import cli, unreachable_kubeconfig
 from xci_cn.paths import REPO_ROOT
-
-
-def unreachable_kubeconfig(directory: Path) -> Path:
-    """A well-formed kubeconfig whose API server does not listen."""
-    path = directory / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}",
-                                               "insecure-skip-tls-verify": True}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
-    }))
-    return path
 
 
 def test_rollout_with_an_unreachable_api_server_is_one_line_and_exit_3(tmp_path: Path) -> None:
