@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.helpers import cli, write_scenario
 from tests.meshmetrics import free_port
 from xci_cn.config.loader import load_yaml_text
-from xci_cn.config.model import scenario_from_loaded
+from xci_cn.config.model import load_scenario_file, parse_duration, scenario_from_loaded
 from xci_cn.errors import ScenarioError
 
 BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
@@ -137,3 +137,119 @@ def test_the_scenario_loader_only_ever_raises_scenario_errors(text: str) -> None
         scenario_from_loaded(load_yaml_text(text, "fuzz.yaml"))
     except ScenarioError as exc:
         assert all(line.startswith("fuzz.yaml") for line in exc.lines()), exc.lines()
+
+
+# -- numbers that are not finite or not in range (durations, weights, limits) -------------------
+BAD_DURATIONS = [".inf", "-.inf", ".nan", "1.0e+10", '"99999999999h"', "1e400", "100000000000000000000000000000",
+                 '"8d"', '"169h"', "0", "-1"]
+# Where a duration can be written; {v} is the value.
+DURATION_FIELDS = {
+    "stage timeout": "  - {name: a, type: shell, timeout: {v}, with: {command: 'true'}}\n",
+    "deploy timeout": "  - {name: a, type: deploy, with: {manifests: [m.yaml], namespace: n, timeout: {v}}}\n",
+    "deploy step_pause": ("  - {name: a, type: deploy, with: {manifests: [m.yaml], namespace: n, strategy: canary, "
+                          "service: s, stable: v1, canary: v2, step_pause: {v}}}\n"),
+    "analysis interval": ("  - {name: a, type: deploy, with: {manifests: [m.yaml], namespace: n, strategy: canary, "
+                          "service: s, stable: v1, canary: v2, analysis: {interval: {v}}}}\n"),
+    "analysis window": ("  - {name: a, type: verify, with: {namespace: n, service: s, checks: "
+                        "[{type: analysis, canary: v2, window: {v}}]}}\n"),
+    "http check timeout": ("  - {name: a, type: verify, with: {checks: [{type: http, url: 'http://x', "
+                           "timeout: {v}}]}}\n"),
+    "split check timeout": ("  - {name: a, type: verify, with: {checks: [{type: split, url: 'http://x', "
+                            "weights: {v1: 100}, timeout: {v}}]}}\n"),
+}
+BAD_NUMBERS = {
+    "analysis threshold": ("  - {name: a, type: verify, with: {namespace: n, service: s, checks: [{type: analysis, "
+                           "canary: v2, metrics: [{name: m, type: success-rate, threshold: .nan}]}]}}\n"),
+    "max_vs_baseline": ("  - {name: a, type: verify, with: {namespace: n, service: s, checks: [{type: analysis, "
+                        "canary: v2, metrics: [{name: m, type: latency-p99, threshold: 5, "
+                        "max_vs_baseline: .inf}]}]}}\n"),
+    "mirror": ("  - {name: a, type: deploy, with: {manifests: [m.yaml], namespace: n, strategy: canary, "
+               "service: s, stable: v1, canary: v2, mirror: .nan}}\n"),
+    "split weights": ("  - {name: a, type: verify, with: {checks: [{type: split, url: 'http://x', "
+                      "weights: {v1: .inf}}]}}\n"),
+    "split tolerance": ("  - {name: a, type: verify, with: {checks: [{type: split, url: 'http://x', "
+                        "weights: {v1: 100}, tolerance: .nan}]}}\n"),
+    "failure_limit": ("  - {name: a, type: verify, with: {namespace: n, service: s, checks: [{type: analysis, "
+                      "canary: v2, failure_limit: 1000000000}]}}\n"),
+    "expect_status": ("  - {name: a, type: verify, with: {checks: [{type: http, url: 'http://x', "
+                      "expect_status: -1}]}}\n"),
+}
+CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"
+
+
+def _stage_scenario(tmp_path: Path, stage_line: str) -> Path:
+    (tmp_path / "m.yaml").write_text(CONFIGMAP)
+    write_scenario(tmp_path, "name: numbers\ninstaller: existing\nstages:\n" + stage_line, "s.yaml")
+    return Path("s.yaml")
+
+
+@pytest.mark.parametrize("value", BAD_DURATIONS)
+@pytest.mark.parametrize("where", sorted(DURATION_FIELDS))
+def test_every_duration_is_finite_and_in_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str,
+                                               value: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _stage_scenario(tmp_path, DURATION_FIELDS[where].replace("{v}", value))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario_file(path)
+    lines = caught.value.lines()
+    assert lines[0].startswith("s.yaml:4:"), lines
+    assert any(word in lines[0] for word in ("out of range", "not a positive duration", "is not a duration")), lines
+
+
+@pytest.mark.parametrize("where", sorted(BAD_NUMBERS))
+def test_every_number_is_finite_and_in_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _stage_scenario(tmp_path, BAD_NUMBERS[where])
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario_file(path)
+    assert caught.value.lines()[0].startswith("s.yaml:4:"), caught.value.lines()
+
+
+@pytest.mark.parametrize("value,seconds", [("7d", None), ("168h", 604800.0), ("1ms", 0.001), (604800, 604800.0)])
+def test_the_duration_range_ends_are_the_documented_ones(value: object, seconds: float | None) -> None:
+    if seconds is None:
+        with pytest.raises(ValueError):
+            parse_duration(value)
+    else:
+        assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "61", "-1"])
+def test_retry_backoff_must_be_a_finite_number_in_range(tmp_path: Path, value: str) -> None:
+    proc = cli("run", "--retry-backoff", value, "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2 and "--retry-backoff" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- names: full-match patterns, checked before anything runs -----------------------------------
+@pytest.mark.parametrize("selection", ["", ",", " , ,", "\n"])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_an_empty_stage_selection_is_an_input_error(tmp_path: Path, selection: str, dry_run: bool) -> None:
+    marker = tmp_path / "ran"
+    write_scenario(tmp_path, f"name: sel\nstages:\n  - {{name: teardown, type: shell, always: true, "
+                             f"with: {{command: 'touch {marker}'}}}}\n", "s.yaml")
+    proc = cli("run", "--scenario", "s.yaml", "--stages", selection, "--results-dir", "R",
+               *(["--dry-run"] if dry_run else []), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("xci-cn: --stages ") and "names no stage" in proc.stderr
+    assert not marker.exists() and not (tmp_path / "R").exists()
+
+
+@pytest.mark.parametrize("name", ["x\n", "x\n\n", "UPPER", "-x", "x" * 41, "a/b", ""])
+@pytest.mark.parametrize("how", ["option", "env"])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_bad_sandbox_name_is_refused_before_any_stage(tmp_path: Path, name: str, how: str, dry_run: bool) -> None:
+    marker = tmp_path / "ran"
+    write_scenario(tmp_path, f"name: sb\nstages:\n"
+                             f"  - {{name: first, type: shell, with: {{command: 'touch {marker}'}}}}\n", "s.yaml")
+    args = ["run", "--scenario", "s.yaml", "--results-dir", "R", *(["--dry-run"] if dry_run else [])]
+    if how == "option":
+        proc = cli(*args, "--sandbox-name", name, cwd=tmp_path)
+    else:
+        proc = cli(*args, cwd=tmp_path, env={"XCI_CN_SANDBOX": name})
+    if how == "env" and name == "":
+        assert proc.returncode == 0  # an empty variable is an unset one: the default name
+        return
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"xci-cn: sandbox name {name!r}: use lower case letters, digits "
+                                                "and '-' (at most 40)"]
+    assert not marker.exists() and not (tmp_path / "R").exists()

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from xci_cn import __version__
+from xci_cn.cli_types import FiniteFloatRange
 from xci_cn.errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INVALID_INPUT, InvalidInput, XciCnError
 
 DEFAULT_SCENARIO = "k8-nosdn-istio"
@@ -158,7 +159,7 @@ def report(results_dir: Path) -> None:
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; run nothing.")
 @click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Stages run at once at most.")
-@click.option("--retry-backoff", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+@click.option("--retry-backoff", type=FiniteFloatRange(0, 60), default=1.0, show_default=True,
               help="Seconds before the first retry; doubled for each further one.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the result.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print stage progress details.")
@@ -185,10 +186,16 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
         from xci_cn.k8s.client import connect
 
         connect(kubeconfig).close()
+    from xci_cn.sandbox.cluster import Sandbox
+
+    Sandbox(sandbox_name)  # refuses a bad --sandbox-name/$XCI_CN_SANDBOX before anything runs
     stage_names = [s.name for s in scenario.stages]
     chosen = None
-    if selected:
+    if selected is not None:
         chosen = [s.strip() for s in selected.split(",") if s.strip()]
+        if not chosen:
+            # An empty selection would otherwise mean "everything", teardown included.
+            raise InvalidInput(f"--stages {selected!r} names no stage (scenario has {', '.join(stage_names)})")
         unknown = [s for s in chosen if s not in stage_names]
         if unknown:
             raise InvalidInput(f"--stages: unknown stage(s) {', '.join(unknown)} "

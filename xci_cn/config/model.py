@@ -7,6 +7,7 @@ reported as ``file:line: field: message`` before anything runs.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,16 +32,31 @@ Installer = Literal["sandbox", "existing", "kubespray"]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Every duration of a scenario lies in this range: a timeout of years, .inf
+# or .nan would reach time.sleep/Event.wait (OverflowError) or never expire.
+MIN_DURATION_SECONDS = 0.001
+MAX_DURATION_SECONDS = 7 * 24 * 3600.0
+
+
+def _in_range(value: Any, seconds: float) -> float:
+    if not math.isfinite(seconds) or not MIN_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS:
+        raise ValueError(f"{value!r} is out of range: a duration is 1ms to 7 days "
+                         f"({MAX_DURATION_SECONDS:g}s)")
+    return seconds
 
 
 def parse_duration(value: Any) -> float:
-    """``'1m30s'`` -> 90.0; plain numbers are seconds. Raises ValueError."""
+    """``'1m30s'`` -> 90.0; plain numbers are seconds. Raises ValueError
+    unless the result is finite and within 1 ms .. 7 days."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
         if value <= 0:
             raise ValueError(f"{value!r} is not a positive duration")
-        return float(value)
+        try:
+            return _in_range(value, float(value))
+        except OverflowError:  # an int beyond any float
+            raise ValueError(f"{value!r} is out of range: a duration is 1ms to 7 days") from None
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a duration")
     text = value.strip().replace(" ", "")
@@ -52,18 +68,22 @@ def parse_duration(value: Any) -> float:
         pos = match.end()
     if not text or pos != len(text) or total <= 0:
         raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 5m, 1h30m)")
-    return total
+    return _in_range(value, total)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
-STAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+STAGE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # always fullmatch: "$" allows a final newline
+
+
+# Every model of a scenario: frozen, unknown keys refused, numbers finite.
+STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StrictModel(BaseModel):
-    """Frozen, no unknown keys."""
+    """Frozen, no unknown keys, no .inf/.nan."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
 
 class Versions(StrictModel):
@@ -94,12 +114,12 @@ class StageSpec(StrictModel):
         default_factory=dict, alias="with", description="Options of the stage type."
     )
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(**STRICT, populate_by_name=True)
 
     @field_validator("name")
     @classmethod
     def _name_shape(cls, value: str) -> str:
-        if not STAGE_NAME.match(value):
+        if not STAGE_NAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid stage name (lower case, digits, '-', '_')")
         return value
 

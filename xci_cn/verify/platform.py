@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Literal
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from xci_cn.config.model import STRICT
 from xci_cn.k8s.client import translate
 from xci_cn.k8s.health import HEALTHY, assess
 from xci_cn.k8s.resources import Resources
@@ -17,7 +18,7 @@ from xci_cn.verify.mesh import Finding
 
 
 class PlatformCheck(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     type: Literal["platform"] = Field(description="Platform checks.")
     istio: bool = Field(default=True, description="Istio's CRDs Established and istio-system present.")
