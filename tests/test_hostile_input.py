@@ -253,3 +253,37 @@ def test_a_bad_sandbox_name_is_refused_before_any_stage(tmp_path: Path, name: st
     assert proc.stderr.strip().splitlines() == [f"xci-cn: sandbox name {name!r}: use lower case letters, digits "
                                                 "and '-' (at most 40)"]
     assert not marker.exists() and not (tmp_path / "R").exists()
+
+
+# -- results-directory problems are input errors ------------------------------------------------
+@pytest.mark.parametrize("where,reason", [("afile/R", "Not a directory"), ("afile/a/b", "Not a directory"),
+                                          ("/proc", "o such file or directory"),
+                                          ("/sys/fs/xci-cn-results", "Operation not permitted")])
+def test_a_results_dir_that_cannot_be_written_is_an_input_error(tmp_path: Path, where: str, reason: str) -> None:
+    (tmp_path / "afile").write_text("keep me\n")
+    marker = tmp_path / "ran"
+    write_scenario(tmp_path, f"name: rd\nstages:\n  - {{name: a, type: shell, with: {{command: 'touch {marker}'}}}}\n",
+                   "s.yaml")
+    proc = cli("run", "--scenario", "s.yaml", "--results-dir", where, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"xci-cn: --results-dir {where}: ") and reason in lines[0]
+    assert not marker.exists() and (tmp_path / "afile").read_text() == "keep me\n"
+
+
+# -- job names that would leave the output directory --------------------------------------------
+@pytest.mark.parametrize("name", ["../escape", "a/../../escape", "/tmp/xci-cn-absolute", "./x", "a//b", "..",
+                                  "a\\\\..\\\\b"])
+@pytest.mark.parametrize("command", ["render", "test"])
+def test_job_names_may_not_leave_the_output_dir(tmp_path: Path, name: str, command: str) -> None:
+    (tmp_path / "jjb").mkdir()
+    (tmp_path / "jjb" / "jobs.yaml").write_text(
+        f"- job:\n    name: 'ok'\n    builders: [{{shell: 'true'}}]\n"
+        f"- job:\n    name: '{name}'\n    builders: [{{shell: 'true'}}]\n")
+    out = tmp_path / "deep" / "OUT"
+    proc = cli("jobs", command, "--jjb", "jjb", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"xci-cn: job {name!r}: not a job name that stays inside the output directory"]
+    written = [p for p in tmp_path.rglob("config.xml")]
+    assert written == [] and not Path("/tmp/xci-cn-absolute").exists()

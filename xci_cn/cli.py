@@ -214,8 +214,22 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
             if marks:
                 click.echo(f"  {depth + 1}. {', '.join(marks)}")
         return
+    _check_results_dir(results_dir)
     sys.exit(_run_pipeline(scenario, inputs, results_dir, chosen, resume, jobs, retry_backoff,
                            quiet, verbose))
+
+
+def _check_results_dir(results_dir: Path) -> None:
+    """The results directory must be creatable and writable before any stage
+    runs: a path under a file, or a read-only directory, is the user's input."""
+    import tempfile
+
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=results_dir, prefix=".xci-cn-probe."):
+            pass
+    except OSError as exc:
+        raise InvalidInput(f"--results-dir {results_dir}: {exc.strerror or exc}") from None
 
 
 def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[str] | None,

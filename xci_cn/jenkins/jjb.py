@@ -212,9 +212,22 @@ def check(rendered: Rendered) -> list[str]:
     return problems
 
 
+def _outside_problem(name: str) -> str | None:
+    """Why a job name cannot be a directory under the output directory:
+    Jenkins folders ("team/job") can, "../x", "/x", "." and "" cannot."""
+    parts = name.split("/")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\0" in name \
+            or "\\" in name:
+        return f"job {name!r}: not a job name that stays inside the output directory"
+    return None
+
+
 def write_jobs(jobs: Sequence[RenderedJob], out_dir: Path) -> list[Path]:
     """Write ``OUT/<job>/config.xml`` (the layout of ``jenkins-jobs test
     --config-xml``)."""
+    problems = [p for p in (_outside_problem(job.name) for job in jobs) if p]
+    if problems:  # checked for every job before the first is written
+        raise InvalidInput("; ".join(problems))
     written = []
     for job in jobs:
         path = out_dir / job.name / "config.xml"
