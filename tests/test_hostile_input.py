@@ -6,6 +6,7 @@ real (absent or unreachable) API server."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ MANIFESTS = {
     "non-utf8": (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: caf\xe9}\n", "not valid UTF-8"),
     "bomb": (("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: boom}\n" + BOMB).encode(),
              "alias bomb"),
-    "no-kind": (b"apiVersion: v1\nmetadata: {name: x}\n", "ConfigMap" if False else "missing kind"),
+    "no-kind": (b"apiVersion: v1\nmetadata: {name: x}\n", "missing kind"),
     "list": (b"apiVersion: v1\nkind: List\nitems: []\nmetadata: {name: l}\n", "kind List is not supported"),
     "removed-api": (b"apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n",
                     "apiVersion extensions/v1beta1 of Ingress was removed from Kubernetes; use networking.k8s.io/v1"),
@@ -51,8 +52,11 @@ stages:
                "--results-dir", "R", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xci-cn: s.yaml:5: stages[1].with: m.yaml:")
-    assert expected in lines[0]
+    # file:line:col: message (stage), then the offending line and a caret when there is one
+    assert re.match(r"xci-cn: m\.yaml:\d+(:\d+)?: .* \(stage deploy\)$", lines[0]), lines
+    assert len(lines) in (1, 3) and expected in lines[0]
+    if len(lines) == 3:
+        assert lines[2].strip() == "^"
     assert "Traceback" not in proc.stderr and not marker.exists() and not (tmp_path / "R").exists()
 
 
@@ -70,7 +74,7 @@ stages:
 """, "s.yaml")
     proc = cli("validate", "s.yaml", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "m.yaml:1: file is 50000" in proc.stderr and "the limit is" in proc.stderr
+    assert "m.yaml:1:1: file is 50000" in proc.stderr and "the limit is" in proc.stderr
 
 
 def test_a_50_mb_scenario_is_refused(tmp_path: Path) -> None:
@@ -79,7 +83,7 @@ def test_a_50_mb_scenario_is_refused(tmp_path: Path) -> None:
         handle.write(b"name: big\n")
         handle.truncate(50 * 1024 * 1024)
     proc = cli("validate", "big.yaml", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.startswith("xci-cn: big.yaml:1: file is 52428800 bytes")
+    assert proc.returncode == 2 and proc.stderr.startswith("xci-cn: big.yaml:1:1: file is 52428800 bytes")
 
 
 @pytest.mark.parametrize("content,expected", [
@@ -287,3 +291,203 @@ def test_job_names_may_not_leave_the_output_dir(tmp_path: Path, name: str, comma
         f"xci-cn: job {name!r}: not a job name that stays inside the output directory"]
     written = [p for p in tmp_path.rglob("config.xml")]
     assert written == [] and not Path("/tmp/xci-cn-absolute").exists()
+
+
+# -- nesting depth: every YAML and JSON document xci-cn reads is bounded -----------------------
+def _nested_yaml(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _nested_block(depth: int) -> str:
+    return "".join(f"{'  ' * i}k{i}:\n" for i in range(depth)) + "  " * depth + "v\n"
+
+
+@pytest.mark.parametrize("style", ["flow", "block"])
+@pytest.mark.parametrize("depth", [101, 500, 990])
+def test_a_deeply_nested_scenario_is_refused(tmp_path: Path, style: str, depth: int) -> None:
+    deep = _nested_yaml(depth) if style == "flow" else "\n" + "".join(
+        f"{'  ' * (i + 1)}k{i}:\n" for i in range(depth)) + "  " * (depth + 1) + "v"
+    (tmp_path / "s.yaml").write_text(f"name: deep\nstages:\n  - {{name: a, type: shell, with: {{command: 'true'}}}}\n"
+                                     f"description: {deep}\n")
+    proc = cli("validate", "s.yaml", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert re.match(r"xci-cn: s\.yaml:\d+:\d+: (invalid YAML: )?nested deeper than 100 levels", proc.stderr), \
+        proc.stderr[:300]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 3
+
+
+@pytest.mark.parametrize("depth", [101, 990, 5000])
+def test_a_deeply_nested_manifest_is_refused(tmp_path: Path, depth: int) -> None:
+    (tmp_path / "m.yaml").write_text(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n"
+                                     f"data: {{k: {_nested_yaml(depth)}}}\n")
+    write_scenario(tmp_path, "name: deep\nstages:\n  - {name: d, type: deploy, with: {manifests: [m.yaml], "
+                             "namespace: n}}\n", "s.yaml")
+    proc = cli("validate", "s.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith("xci-cn: m.yaml:4:") and ("nested deeper than 100 levels" in proc.stderr
+                                                            or "maximum nesting depth" in proc.stderr)
+
+
+@pytest.mark.parametrize("depth", [101, 2000])
+def test_a_deeply_nested_kubeconfig_is_refused(tmp_path: Path, depth: int) -> None:
+    (tmp_path / "kc").write_text('{"apiVersion": "v1", "kind": "Config", "preferences": ' + "[" * depth
+                                 + "]" * depth + "}\n")
+    proc = cli("run", "--installer", "existing", "--kubeconfig", "kc", "--results-dir", "R", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("xci-cn: kubeconfig kc:1:") and "nested deeper than 100 levels" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "R").exists()
+
+
+@pytest.mark.parametrize("depth", [101, 600])
+def test_a_deeply_nested_jjb_file_is_refused(tmp_path: Path, depth: int) -> None:
+    (tmp_path / "jobs.yaml").write_text(f"- job:\n    name: j\n    description: {_nested_yaml(depth)}\n"
+                                        "    builders: [{shell: 'true'}]\n")
+    proc = cli("jobs", "test", "--jjb", "jobs.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith("xci-cn: jobs.yaml:3:") and "nested deeper than 100 levels" in proc.stderr
+
+
+def _deep_json(depth: int) -> str:
+    return '{"run_id": "r", "version": 1, "stages": [], "x": ' + "[" * depth + "]" * depth + "}"
+
+
+@pytest.mark.parametrize("depth", [101, 100_000])
+def test_a_deeply_nested_summary_or_state_is_refused(tmp_path: Path, depth: int) -> None:
+    (tmp_path / "summary.json").write_text(_deep_json(depth))
+    proc = cli("report", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr == f"xci-cn: {tmp_path}/summary.json: nested deeper than 100 levels; refusing to load it\n"
+    write_scenario(tmp_path, "name: deep\nstages:\n  - {name: a, type: shell, with: {command: 'true'}}\n", "s.yaml")
+    (tmp_path / "R").mkdir()
+    (tmp_path / "R" / "state.json").write_text(_deep_json(depth))
+    proc = cli("run", "--scenario", "s.yaml", "--results-dir", "R", "--resume", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.endswith("R/state.json: nested deeper than 100 levels; refusing to load it\n")
+
+
+# -- wrong types inside otherwise valid documents -----------------------------------------------
+SUMMARY_SHAPES = {
+    '{"stages": [{"name": "a", "status": "passed", "history": 3}]}': "stages.0.history: input should be a valid list",
+    '{"stages": [{"name": "a", "status": "failed", "checks": [{"name": "c", "passed": "maybe"}]}]}':
+        "stages.0.checks.0.passed: input should be a valid boolean",
+    '{"stages": [{"status": "passed"}]}': "stages.0.name: field required",
+    '{"stages": [7]}': "stages.0: input should be a valid dictionary",
+    '[1, 2]': "(document): input should be a valid dictionary",
+    '{"stages": [], "inputs": "x"}': "inputs: input should be a valid dictionary",
+}
+
+
+@pytest.mark.parametrize("content", sorted(SUMMARY_SHAPES))
+def test_report_refuses_a_summary_of_the_wrong_shape(tmp_path: Path, content: str) -> None:
+    (tmp_path / "summary.json").write_text(content)
+    proc = cli("report", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    expected = SUMMARY_SHAPES[content].replace(".0", "[0]")
+    assert proc.stderr.splitlines()[0].startswith(f"xci-cn: {tmp_path}/summary.json: {expected}"), proc.stderr
+    assert not (tmp_path / "report.html").exists()
+
+
+STATE_SHAPES = {
+    '"stages": 5': "stages: input should be a valid list",
+    '"stages": [{"name": "a", "type": "shell", "history": [{"attempt": "x", "started": 1}]}]':
+        "stages[0].history[0].attempt: input should be a valid integer",
+    '"stages": [{"name": "a", "type": "shell", "history": 7}]': "stages[0].history: input should be a valid list",
+    '"stages": [{"name": "a", "type": "shell", "outputs": []}]':
+        "stages[0].outputs: input should be a valid dictionary",
+    '"stages": [{"name": ["a"], "type": "shell", "status": "passed"}]':
+        "stages[0].name: input should be a valid string",
+    '"stages": [{"name": "a", "type": "shell"}], "run_id": 5': "run_id: input should be a valid string",
+}
+
+
+@pytest.mark.parametrize("fragment", sorted(STATE_SHAPES))
+def test_resume_refuses_a_state_of_the_right_version_and_wrong_shapes(tmp_path: Path, fragment: str) -> None:
+    marker = tmp_path / "ran"
+    write_scenario(tmp_path, f"name: st\nstages:\n  - {{name: a, type: shell, with: {{command: 'touch {marker}'}}}}\n",
+                   "s.yaml")
+    (tmp_path / "R").mkdir()
+    document = json.loads('{"version": 1, "run_id": "r", ' + fragment + "}")
+    (tmp_path / "R" / "state.json").write_text(json.dumps(document))
+    proc = cli("run", "--scenario", "s.yaml", "--results-dir", "R", "--resume", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines()[0].startswith(f"xci-cn: {tmp_path}/R/state.json: {STATE_SHAPES[fragment]}"), \
+        proc.stderr
+    assert "Traceback" not in proc.stderr and not marker.exists()
+
+
+# -- messages that name the right thing ---------------------------------------------------------
+def _deploy_scenario(directory: Path, manifest: str) -> None:
+    write_scenario(directory, "name: paths\nstages:\n  - {name: d, type: deploy, with: {manifests: ["
+                              f"'{manifest}'], namespace: n}}}}\n", "s.yaml")
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("symlink-loop", "loop: symbolic link loop (too many levels of symbolic links)"),
+    ("fifo", "fifo: is a FIFO, not a file or directory of manifests"),
+    ("broken-symlink", "dangling: broken symbolic link"),
+    ("missing-relative", "samples/nope/m.yaml: no such file or directory"),
+    ("empty-dir", "empty: directory holds no .yaml/.yml files"),
+])
+def test_a_bad_manifest_path_is_named_for_what_it_is(tmp_path: Path, case: str, expected: str) -> None:
+    import os
+
+    os.symlink("loop", tmp_path / "loop")
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink("gone.yaml", tmp_path / "dangling")
+    (tmp_path / "empty").mkdir()
+    name = expected.split(":")[0]
+    _deploy_scenario(tmp_path, name)
+    proc = cli("validate", "s.yaml", cwd=tmp_path, timeout=30)  # a FIFO read would block forever
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"xci-cn: {expected} (stage d)\n"
+
+
+@pytest.mark.parametrize("case", ["symlink-loop", "fifo", "broken-symlink"])
+def test_a_bad_scenario_path_is_named_for_what_it_is(tmp_path: Path, case: str) -> None:
+    import os
+
+    if case == "symlink-loop":
+        os.symlink("s.yaml", tmp_path / "s.yaml")
+        expected = "s.yaml: symbolic link loop (too many levels of symbolic links)"
+    elif case == "fifo":
+        os.mkfifo(tmp_path / "s.yaml")
+        expected = "s.yaml: is a FIFO, not a regular file"
+    else:
+        os.symlink("gone.yaml", tmp_path / "s.yaml")
+        expected = "s.yaml: broken symbolic link"
+    proc = cli("validate", "s.yaml", cwd=tmp_path, timeout=30)
+    assert proc.returncode == 2 and proc.stderr == f"xci-cn: {expected}\n", proc.stderr
+
+
+@pytest.mark.parametrize("layout", ["top", "nested"])
+def test_an_unreadable_manifest_directory_says_permission_denied(layout: str) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="xci-cn-perm-"))
+    try:
+        base.chmod(0o755)
+        graph = base / "graph"
+        locked = graph if layout == "top" else graph / "inner"
+        locked.mkdir(parents=True)
+        (locked / "m.yaml").write_text(CONFIGMAP)
+        if layout == "nested":
+            (graph / "ok.yaml").write_text(CONFIGMAP.replace("name: c", "name: d"))
+        locked.chmod(0)
+        _deploy_scenario(base, "graph")
+        (base / "s.yaml").chmod(0o644)
+        # as an unprivileged user: root reads every directory
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                               "-m", "xci_cn.cli", "validate", "s.yaml"], cwd=base, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "HOME": str(base)})
+        assert proc.returncode == 2, proc.stderr
+        where = "graph" if layout == "top" else "graph/inner"
+        assert proc.stderr == f"xci-cn: {where}: permission denied (stage d)\n"
+    finally:
+        for path in base.rglob("*"):
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(base)

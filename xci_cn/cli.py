@@ -98,10 +98,13 @@ def scenarios_show(name: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @reports_errors
 def validate(file: Path) -> None:
-    """Validate a scenario file; print every problem as file:line: field: message."""
+    """Validate a scenario file and its stages' pre-flight checks (manifests);
+    print every problem as file:line:col: field: message and the line."""
     from xci_cn.config.model import load_scenario_file
+    from xci_cn.pipeline.preflight import preflight
 
     scenario = load_scenario_file(file)
+    preflight(scenario)
     click.echo(f"{file}: valid scenario {scenario.name!r} with {len(scenario.stages)} stages")
 
 
@@ -200,6 +203,9 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
         if unknown:
             raise InvalidInput(f"--stages: unknown stage(s) {', '.join(unknown)} "
                                f"(scenario has {', '.join(stage_names)})")
+    from xci_cn.pipeline.preflight import preflight
+
+    preflight(scenario, chosen)
     jenkins = {key: os.environ[key] for key in JENKINS_VARIABLES if os.environ.get(key)}
     inputs = RunInputs(scenario=scenario.name, flavor=flavor, installer=installer, distro=distro,
                        kubeconfig=kubeconfig, sandbox_name=sandbox_name, jenkins=jenkins)

@@ -2,7 +2,10 @@
 
 ``load_scenario`` is the single entry: YAML with line marks -> pydantic models
 -> per-stage-type option models -> DAG checks. Every problem is collected and
-reported as ``file:line: field: message`` before anything runs.
+reported as ``file:line:col: field: message`` with the offending line, before
+anything runs. Nothing here reads a manifest or imports a Kubernetes client:
+what a stage type can check offline beyond its options (the deploy stage's
+manifests) is its pre-flight step (xci_cn.pipeline.preflight).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from xci_cn.config.loader import LoadedYaml, Loc, format_loc, load_yaml_file
+from xci_cn.config.loader import LoadedYaml, Loc, load_yaml_file
 from xci_cn.errors import ScenarioError
 from xci_cn.paths import SCENARIOS_DIR
 
@@ -171,34 +174,40 @@ def _problems(loaded: LoadedYaml, exc: ValidationError, prefix: Loc = ()) -> lis
         loc = prefix + tuple(error["loc"])
         # pydantic reports the alias-free name; the file says "with".
         loc = tuple("with" if part == "with_" else part for part in loc)
-        problems.append(f"{loaded.path}:{loaded.line_of(loc)}: {format_loc(loc)}: {_message(error)}")
+        problems.append(loaded.problem(loc, _message(error)))
     return problems
 
 
-def _dag_problems(loaded: LoadedYaml, scenario: Scenario) -> list[str]:
+def _dag_problems(loaded: LoadedYaml, stages: list[Any]) -> list[str]:
+    """Duplicate names, unknown needs and cycles, on the stages as written
+    (so that they are found beside every other problem of the file)."""
     problems: list[str] = []
     names: dict[str, int] = {}
-    for index, spec in enumerate(scenario.stages):
-        if spec.name in names:
-            line = loaded.line_of(("stages", index, "name"))
-            problems.append(f"{loaded.path}:{line}: stages[{index}].name: duplicate stage {spec.name!r}")
-        names.setdefault(spec.name, index)
-    for index, spec in enumerate(scenario.stages):
-        for n, need in enumerate(spec.needs):
+    graph: dict[str, list[str]] = {}
+    for index, raw in enumerate(stages):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in names:
+            problems.append(loaded.problem(("stages", index, "name"), f"duplicate stage {name!r}"))
+        names.setdefault(name, index)
+    for index, raw in enumerate(stages):
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            continue
+        needs = raw.get("needs") if isinstance(raw.get("needs"), list) else []
+        for n, need in enumerate(needs):
+            if not isinstance(need, str):
+                continue
             if need not in names:
-                line = loaded.line_of(("stages", index, "needs", n))
-                problems.append(f"{loaded.path}:{line}: stages[{index}].needs[{n}]: unknown stage {need!r}")
-            elif need == spec.name:
-                line = loaded.line_of(("stages", index, "needs", n))
-                problems.append(
-                    f"{loaded.path}:{line}: stages[{index}].needs[{n}]: a stage cannot need itself")
+                problems.append(loaded.problem(("stages", index, "needs", n), f"unknown stage {need!r}"))
+            elif need == raw["name"]:
+                problems.append(loaded.problem(("stages", index, "needs", n), "a stage cannot need itself"))
+        graph.setdefault(raw["name"], []).extend(n for n in needs if isinstance(n, str) and n in names)
     if problems:
         return problems
-    cycle = find_cycle({s.name: list(s.needs) for s in scenario.stages})
+    cycle = find_cycle(graph)
     if cycle:
-        index = names[cycle[0]]
-        line = loaded.line_of(("stages", index, "needs"))
-        problems.append(f"{loaded.path}:{line}: stages[{index}].needs: cycle {' -> '.join(cycle)}")
+        problems.append(loaded.problem(("stages", names[cycle[0]], "needs"), f"cycle {' -> '.join(cycle)}"))
     return problems
 
 
@@ -231,34 +240,54 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 
 def scenario_from_loaded(loaded: LoadedYaml) -> Scenario:
     """Validate a parsed document into a Scenario, or raise ScenarioError with
-    every problem found."""
+    every problem of the file at once (model, stage options, DAG), in the
+    order of the file."""
     from xci_cn.pipeline.registry import stage_types
 
-    if not isinstance(loaded.data, dict):
-        kind = "empty" if loaded.data is None else type(loaded.data).__name__
-        raise ScenarioError([f"{loaded.path}:1: a scenario must be a mapping, this document is {kind}"])
-    try:
-        scenario = Scenario.model_validate(loaded.data)
-    except ValidationError as exc:
-        raise ScenarioError(_problems(loaded, exc)) from None
+    data = loaded.data
+    if not isinstance(data, dict) or not ({"name", "stages"} & set(data)):
+        # Not a scenario at all (a job parameter pointing at /etc/shadow):
+        # one line, and nothing of its content.
+        kind = "empty" if data is None else "a mapping" if isinstance(data, dict) else type(data).__name__
+        raise ScenarioError([f"{loaded.path}: not an xci-cn scenario (no 'name' and 'stages' at its top; "
+                             f"the document is {kind})"])
     problems: list[str] = []
+    scenario = None
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(loaded, exc))
+    stages = data.get("stages") if isinstance(data.get("stages"), list) else []
     registry = stage_types()
-    for index, spec in enumerate(scenario.stages):
-        stage_type = registry.get(spec.type)
+    for index, raw in enumerate(stages):
+        type_name = raw.get("type") if isinstance(raw, dict) else None
+        if not isinstance(type_name, str):
+            continue  # the model reported it
+        stage_type = registry.get(type_name)
         if stage_type is None:
-            line = loaded.line_of(("stages", index, "type"))
             known = ", ".join(sorted(registry.names()))
-            problems.append(f"{loaded.path}:{line}: stages[{index}].type: unknown stage type "
-                            f"{spec.type!r} (known: {known})")
+            problems.append(loaded.problem(("stages", index, "type"),
+                                           f"unknown stage type {type_name!r} (known: {known})"))
             continue
+        options = raw.get("with", {})
+        if not isinstance(options, dict):
+            continue  # the model reported it
         try:
-            stage_type.options_model.model_validate(spec.with_)
+            stage_type.options_model.model_validate(options)
         except ValidationError as exc:
             problems.extend(_problems(loaded, exc, ("stages", index, "with")))
-    problems.extend(_dag_problems(loaded, scenario))
-    if problems:
-        raise ScenarioError(problems)
+    problems.extend(_dag_problems(loaded, stages))
+    if problems or scenario is None:
+        raise ScenarioError(_in_file_order(problems))
     return scenario.model_copy(update={"source": loaded.path})
+
+
+def _in_file_order(problems: list[str]) -> list[str]:
+    def position(problem: str) -> tuple[int, int]:
+        match = re.match(r".*?:(\d+):(\d+): ", problem)
+        return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+    return sorted(dict.fromkeys(problems), key=position)
 
 
 def load_scenario_file(path: Path) -> Scenario:

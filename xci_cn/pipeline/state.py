@@ -12,10 +12,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, TypeAdapter
+
 PENDING, RUNNING, PASSED, FAILED, SKIPPED, CANCELLED, NOT_SELECTED = (
     "pending", "running", "passed", "failed", "skipped", "cancelled", "not-selected")
 TERMINAL = {PASSED, FAILED, SKIPPED, CANCELLED, NOT_SELECTED}
 STATE_VERSION = 1
+
+
+class _StateShape(BaseModel):
+    """The top of state.json as --resume reads it (the stages: StageRecord)."""
+
+    run_id: str
+    fingerprint: str = ""
+    inputs: dict[str, Any] = {}
+    stages: list[dict[str, Any]]
+
+
+_STATE = TypeAdapter(_StateShape)
 
 
 @dataclass
@@ -50,10 +64,13 @@ class StageRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageRecord:
-        data = dict(data)
-        data["history"] = [AttemptRecord(**a) for a in data.get("history", [])]
+        """A record read back from state.json, validated (pydantic.ValidationError
+        for wrong shapes); keys of other versions are ignored."""
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return _RECORD.validate_python({k: v for k, v in data.items() if k in known})
+
+
+_RECORD = TypeAdapter(StageRecord)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -88,13 +105,34 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def load_state(path: Path) -> dict[str, Any] | None:
     """The previous run's state, or None when there is none (or it is unreadable:
-    then nothing is resumed and everything runs again)."""
+    not JSON, another version — then nothing is resumed and everything runs
+    again). A state of this version with the wrong shapes, or nested beyond
+    the loader's depth, is InvalidInput naming the file and the field."""
+    from pydantic import ValidationError
+
+    from xci_cn.config.loader import NestingTooDeep, load_json_file, shape_problems
+    from xci_cn.errors import InvalidInput, ScenarioError
+
     try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        data = load_json_file(path)
+    except NestingTooDeep:
+        raise
+    except (FileNotFoundError, InvalidInput):
         return None
     if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
         return None
+    try:
+        _STATE.validate_python(data)
+    except ValidationError as exc:
+        raise ScenarioError(shape_problems(path, exc)) from None
+    problems = []
+    for index, stage in enumerate(data["stages"]):
+        try:
+            StageRecord.from_dict(stage)
+        except ValidationError as exc:
+            problems.extend(shape_problems(path, exc, ("stages", index)))
+    if problems:
+        raise ScenarioError(problems)
     return data
 
 

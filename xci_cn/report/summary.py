@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict
+
 from xci_cn import __version__
 from xci_cn.pipeline.state import write_json_atomic
 from xci_cn.secrets import redactor
@@ -60,5 +62,64 @@ def write_summary(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
+class _Open(BaseModel):
+    # Fields of later versions are kept; the known ones must have their shape.
+    model_config = ConfigDict(extra="allow")
+
+
+class _Attempt(_Open):
+    attempt: int
+    started: str | None = None
+    duration: float | None = None
+    error: str | None = None
+
+
+class _Check(_Open):
+    name: str
+    passed: bool
+    message: str = ""
+    details: dict[str, Any] = {}
+
+
+class _Stage(_Open):
+    name: str
+    type: str = ""
+    status: str
+    always: bool = False
+    needs: list[str] = []
+    started: str | None = None
+    duration: float | None = None
+    attempts: int = 0
+    max_attempts: int = 0
+    outputs: dict[str, Any] = {}
+    error: str | None = None
+    checks: list[_Check] = []
+    history: list[_Attempt] = []
+
+
+class _Summary(_Open):
+    """What ``xci-cn report`` renders from: validated before use."""
+
+    version: int = SUMMARY_VERSION
+    run_id: str = ""
+    scenario: str = ""
+    result: str = ""
+    inputs: dict[str, Any] = {}
+    stages: list[_Stage]
+
+
 def read_summary(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    """summary.json, read with the loader's defences and checked against its
+    shape: InvalidInput naming the file and the field; FileNotFoundError
+    when there is none."""
+    from pydantic import ValidationError
+
+    from xci_cn.config.loader import load_json_file, shape_problems
+    from xci_cn.errors import ScenarioError
+
+    data = load_json_file(path)
+    try:
+        _Summary.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(shape_problems(path, exc)) from None
+    return data

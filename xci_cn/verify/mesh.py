@@ -11,10 +11,10 @@ same gateway; mirror targets exist. Each finding names object and field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xci_cn.k8s.client import ApiException, translate
-from xci_cn.k8s.resources import Resources
+if TYPE_CHECKING:  # Finding is used by `validate`, which imports no Kubernetes client
+    from xci_cn.k8s.resources import Resources
 
 
 @dataclass
@@ -36,6 +36,8 @@ class MeshSnapshot:
 
 def snapshot(resources: Resources, namespace: str) -> MeshSnapshot:
     """One read of everything the checks need."""
+    from xci_cn.k8s.client import ApiException, translate
+
     snap = MeshSnapshot(namespace)
 
     def items(api_version: str, kind: str, ns: str | None) -> list[dict[str, Any]]:

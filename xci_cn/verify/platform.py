@@ -5,16 +5,16 @@ targets up and Jaeger listing the mesh's services, when asked for."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import requests
 from pydantic import BaseModel, Field
 
 from xci_cn.config.model import STRICT
-from xci_cn.k8s.client import translate
-from xci_cn.k8s.health import HEALTHY, assess
-from xci_cn.k8s.resources import Resources
 from xci_cn.verify.mesh import Finding
+
+if TYPE_CHECKING:  # the check's model is read by `validate`, which imports no Kubernetes client
+    from xci_cn.k8s.resources import Resources
 
 
 class PlatformCheck(BaseModel):
@@ -31,6 +31,9 @@ class PlatformCheck(BaseModel):
 
 
 def check_platform(resources: Resources, check: PlatformCheck) -> list[Finding]:
+    from xci_cn.k8s.client import translate
+    from xci_cn.k8s.health import HEALTHY, assess
+
     findings: list[Finding] = []
     if check.istio:
         crd_info = resources.lookup("apiextensions.k8s.io/v1", "CustomResourceDefinition")
@@ -59,6 +62,9 @@ def check_platform(resources: Resources, check: PlatformCheck) -> list[Finding]:
 
 
 def _deployment_finding(resources: Resources, namespace: str, name: str) -> Finding:
+    from xci_cn.k8s.client import translate
+    from xci_cn.k8s.health import HEALTHY, assess
+
     info = resources.lookup("apps/v1", "Deployment")
     assert info is not None
     try:
