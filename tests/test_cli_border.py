@@ -34,6 +34,6 @@ def test_no_command_calls_sys_exit() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                     and node.func.attr == "exit" and getattr(node.func.value, "id", None) == "sys":
-                calls.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+                calls.append(str(path.relative_to(REPO_ROOT)))
     # The reference generator is a script of its own (python -m), not a command.
-    assert calls == ["xci_cn/docs_reference.py:302"]
+    assert calls == ["xci_cn/docs_reference.py"]

@@ -117,7 +117,7 @@ spec:
     code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace))
     assert code == 2, out
     line = next(x for x in out.splitlines() if x.startswith("xci-cn:"))
-    assert "app.yaml:6: document 2: Deployment/legacy: apiVersion extensions/v1beta1 of Deployment " \
+    assert "app.yaml:6:1: document 2: Deployment/legacy: apiVersion extensions/v1beta1 of Deployment " \
            "was removed from Kubernetes; use apps/v1" in line
     assert summary == {}
     assert namespace not in kubectl(sandbox, "get", "namespaces", "-o", "name")
@@ -143,7 +143,7 @@ def test_unknown_kind_names_the_document(sandbox: dict, tmp_path: Path) -> None:
     (manifests / "x.yaml").write_text("apiVersion: example.org/v1\nkind: Widget\nmetadata: {name: w}\n")
     code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, "default"))
     assert code == 2, out
-    assert "x.yaml:1: document 1: Widget/w: kind Widget is not served by the cluster in apiVersion " \
+    assert "x.yaml:1:1: document 1: Widget/w: kind Widget is not served by the cluster in apiVersion " \
            "example.org/v1" in summary["stages"][0]["error"]
 
 

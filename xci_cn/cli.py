@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from xci_cn import __version__
+from xci_cn.cli_types import FiniteFloatRange
 from xci_cn.errors import EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_PASSED, EXIT_SIGINT, InvalidInput, XciCnError
 from xci_cn.jenkins.commands import detect, jobs
 
@@ -123,10 +124,13 @@ def scenarios_show(name: str) -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def validate(file: Path) -> None:
-    """Validate a scenario file; print every problem as file:line: field: message."""
+    """Validate a scenario file and its stages' pre-flight checks (manifests);
+    print every problem as file:line:col: field: message and the line."""
     from xci_cn.config.model import load_scenario_file
+    from xci_cn.pipeline.preflight import preflight
 
     scenario = load_scenario_file(file)
+    preflight(scenario)
     click.echo(f"{file}: valid scenario {scenario.name!r} with {len(scenario.stages)} stages")
 
 
@@ -166,7 +170,7 @@ def report(results_dir: Path) -> None:
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; run nothing.")
 @click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Stages run at once at most.")
-@click.option("--retry-backoff", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+@click.option("--retry-backoff", type=FiniteFloatRange(0, 60), default=1.0, show_default=True,
               help="Seconds before the first retry; doubled for each further one.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the result.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print stage progress details.")
@@ -191,14 +195,23 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
         from xci_cn.k8s.client import connect
 
         connect(kubeconfig).close()
+    from xci_cn.sandbox.cluster import Sandbox
+
+    Sandbox(sandbox_name)  # refuses a bad --sandbox-name/$XCI_CN_SANDBOX before anything runs
     stage_names = [s.name for s in scenario.stages]
     chosen = None
-    if selected:
+    if selected is not None:
         chosen = [s.strip() for s in selected.split(",") if s.strip()]
+        if not chosen:
+            # An empty selection would otherwise mean "everything", teardown included.
+            raise InvalidInput(f"--stages {selected!r} names no stage (scenario has {', '.join(stage_names)})")
         unknown = [s for s in chosen if s not in stage_names]
         if unknown:
             raise InvalidInput(f"--stages: unknown stage(s) {', '.join(unknown)} "
                                f"(scenario has {', '.join(stage_names)})")
+    from xci_cn.pipeline.preflight import preflight
+
+    preflight(scenario, chosen)
     inputs = RunInputs(scenario=scenario.name, flavor=flavor, installer=installer, distro=distro,
                        kubeconfig=kubeconfig, sandbox_name=sandbox_name, jenkins=settings.current().jenkins_context())
     if dry_run:
@@ -212,7 +225,21 @@ def run(scenario_ref: str, flavor: str, installer: str | None, distro: str, kube
             if marks:
                 click.echo(f"  {depth + 1}. {', '.join(marks)}")
         return EXIT_PASSED
+    _check_results_dir(results_dir)
     return _run_pipeline(scenario, inputs, results_dir, chosen, resume, jobs, retry_backoff, quiet, verbose)
+
+
+def _check_results_dir(results_dir: Path) -> None:
+    """The results directory must be creatable and writable before any stage
+    runs: a path under a file, or a read-only directory, is the user's input."""
+    import tempfile
+
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=results_dir, prefix=".xci-cn-probe."):
+            pass
+    except OSError as exc:
+        raise InvalidInput(f"--results-dir {results_dir}: {exc.strerror or exc}") from None
 
 
 def _run_pipeline(scenario: Any, inputs: Any, results_dir: Path, chosen: list[str] | None,

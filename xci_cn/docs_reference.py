@@ -236,7 +236,9 @@ class Reference:
             "",
             *_title("Durations", "-", "ref-durations"),
             f"A duration is a positive number of seconds, or a text of numbers with the units {units}, "
-            "for example ``30s``, ``5m``, ``1h30m``, ``1.5s``.",
+            "for example ``30s``, ``5m``, ``1h30m``, ``1.5s``. It lies between 1ms and 7 days "
+            "(604800s); ``.inf``, ``.nan`` and longer durations are refused when the scenario is "
+            "validated, and so is ``.inf``/``.nan`` for every other number of a scenario.",
             "",
             *_title("Scenario file", "-", "ref-scenario-file"),
             *self.model_section(Scenario, "~"),

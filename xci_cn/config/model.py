@@ -2,11 +2,15 @@
 
 ``load_scenario`` is the single entry: YAML with line marks -> pydantic models
 -> per-stage-type option models -> DAG checks. Every problem is collected and
-reported as ``file:line: field: message`` before anything runs.
+reported as ``file:line:col: field: message`` with the offending line, before
+anything runs. Nothing here reads a manifest or imports a Kubernetes client:
+what a stage type can check offline beyond its options (the deploy stage's
+manifests) is its pre-flight step (xci_cn.pipeline.preflight).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -22,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from xci_cn.config.loader import LoadedYaml, Loc, format_loc, load_yaml_file
+from xci_cn.config.loader import LoadedYaml, Loc, load_yaml_file
 from xci_cn.config.stage_types import stage_types
 from xci_cn.errors import ScenarioError
 from xci_cn.paths import SCENARIOS_DIR
@@ -34,16 +38,31 @@ Installer = Literal["sandbox", "existing", "kubespray"]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Every duration of a scenario lies in this range: a timeout of years, .inf
+# or .nan would reach time.sleep/Event.wait (OverflowError) or never expire.
+MIN_DURATION_SECONDS = 0.001
+MAX_DURATION_SECONDS = 7 * 24 * 3600.0
+
+
+def _in_range(value: Any, seconds: float) -> float:
+    if not math.isfinite(seconds) or not MIN_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS:
+        raise ValueError(f"{value!r} is out of range: a duration is 1ms to 7 days "
+                         f"({MAX_DURATION_SECONDS:g}s)")
+    return seconds
 
 
 def parse_duration(value: Any) -> float:
-    """``'1m30s'`` -> 90.0; plain numbers are seconds. Raises ValueError."""
+    """``'1m30s'`` -> 90.0; plain numbers are seconds. Raises ValueError
+    unless the result is finite and within 1 ms .. 7 days."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
         if value <= 0:
             raise ValueError(f"{value!r} is not a positive duration")
-        return float(value)
+        try:
+            return _in_range(value, float(value))
+        except OverflowError:  # an int beyond any float
+            raise ValueError(f"{value!r} is out of range: a duration is 1ms to 7 days") from None
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a duration")
     text = value.strip().replace(" ", "")
@@ -55,18 +74,22 @@ def parse_duration(value: Any) -> float:
         pos = match.end()
     if not text or pos != len(text) or total <= 0:
         raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 5m, 1h30m)")
-    return total
+    return _in_range(value, total)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
-STAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+STAGE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # always fullmatch: "$" allows a final newline
+
+
+# Every model of a scenario: frozen, unknown keys refused, numbers finite.
+STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StrictModel(BaseModel):
-    """Frozen, no unknown keys."""
+    """Frozen, no unknown keys, no .inf/.nan."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
 
 class Versions(StrictModel):
@@ -97,12 +120,12 @@ class StageSpec(StrictModel):
         default_factory=dict, alias="with", description="Options of the stage type."
     )
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(**STRICT, populate_by_name=True)
 
     @field_validator("name")
     @classmethod
     def _name_shape(cls, value: str) -> str:
-        if not STAGE_NAME.match(value):
+        if not STAGE_NAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid stage name (lower case, digits, '-', '_')")
         return value
 
@@ -154,34 +177,41 @@ def _problems(loaded: LoadedYaml, exc: ValidationError, prefix: Loc = ()) -> lis
         loc = prefix + tuple(error["loc"])
         # pydantic reports the alias-free name; the file says "with".
         loc = tuple("with" if part == "with_" else part for part in loc)
-        problems.append(f"{loaded.path}:{loaded.line_of(loc)}: {format_loc(loc)}: {_message(error)}")
+        problems.append(loaded.problem(loc, _message(error)))
     return problems
 
 
-def _dag_problems(loaded: LoadedYaml, scenario: Scenario) -> list[str]:
+def _dag_problems(loaded: LoadedYaml, stages: list[Any]) -> list[str]:
+    """Duplicate names, unknown needs and cycles, on the stages as written
+    (so that they are found beside every other problem of the file)."""
     problems: list[str] = []
     names: dict[str, int] = {}
-    for index, spec in enumerate(scenario.stages):
-        if spec.name in names:
-            line = loaded.line_of(("stages", index, "name"))
-            problems.append(f"{loaded.path}:{line}: stages[{index}].name: duplicate stage {spec.name!r}")
-        names.setdefault(spec.name, index)
-    for index, spec in enumerate(scenario.stages):
-        for n, need in enumerate(spec.needs):
+    graph: dict[str, list[str]] = {}
+    for index, raw in enumerate(stages):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in names:
+            problems.append(loaded.problem(("stages", index, "name"), f"duplicate stage {name!r}"))
+        names.setdefault(name, index)
+    for index, raw in enumerate(stages):
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            continue
+        raw_needs = raw.get("needs")
+        needs: list[Any] = raw_needs if isinstance(raw_needs, list) else []
+        for n, need in enumerate(needs):
+            if not isinstance(need, str):
+                continue
             if need not in names:
-                line = loaded.line_of(("stages", index, "needs", n))
-                problems.append(f"{loaded.path}:{line}: stages[{index}].needs[{n}]: unknown stage {need!r}")
-            elif need == spec.name:
-                line = loaded.line_of(("stages", index, "needs", n))
-                problems.append(
-                    f"{loaded.path}:{line}: stages[{index}].needs[{n}]: a stage cannot need itself")
+                problems.append(loaded.problem(("stages", index, "needs", n), f"unknown stage {need!r}"))
+            elif need == raw["name"]:
+                problems.append(loaded.problem(("stages", index, "needs", n), "a stage cannot need itself"))
+        graph.setdefault(raw["name"], []).extend(n for n in needs if isinstance(n, str) and n in names)
     if problems:
         return problems
-    cycle = find_cycle({s.name: list(s.needs) for s in scenario.stages})
+    cycle = find_cycle(graph)
     if cycle:
-        index = names[cycle[0]]
-        line = loaded.line_of(("stages", index, "needs"))
-        problems.append(f"{loaded.path}:{line}: stages[{index}].needs: cycle {' -> '.join(cycle)}")
+        problems.append(loaded.problem(("stages", names[cycle[0]], "needs"), f"cycle {' -> '.join(cycle)}"))
     return problems
 
 
@@ -203,32 +233,53 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 
 def scenario_from_loaded(loaded: LoadedYaml) -> Scenario:
     """Validate a parsed document into a Scenario, or raise ScenarioError with
-    every problem found."""
-    if not isinstance(loaded.data, dict):
-        kind = "empty" if loaded.data is None else type(loaded.data).__name__
-        raise ScenarioError([f"{loaded.path}:1: a scenario must be a mapping, this document is {kind}"])
-    try:
-        scenario = Scenario.model_validate(loaded.data)
-    except ValidationError as exc:
-        raise ScenarioError(_problems(loaded, exc)) from None
+    every problem of the file at once (model, stage options, DAG), in the
+    order of the file."""
+    data = loaded.data
+    if not isinstance(data, dict) or not ({"name", "stages"} & set(data)):
+        # Not a scenario at all (a job parameter pointing at /etc/shadow):
+        # one line, and nothing of its content.
+        kind = "empty" if data is None else "a mapping" if isinstance(data, dict) else type(data).__name__
+        raise ScenarioError([f"{loaded.path}: not an xci-cn scenario (no 'name' and 'stages' at its top; "
+                             f"the document is {kind})"])
     problems: list[str] = []
+    scenario = None
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(loaded, exc))
+    raw_stages = data.get("stages")
+    stages: list[Any] = raw_stages if isinstance(raw_stages, list) else []
     registry = stage_types()
-    for index, spec in enumerate(scenario.stages):
-        stage_type = registry.get(spec.type)
+    for index, raw in enumerate(stages):
+        type_name = raw.get("type") if isinstance(raw, dict) else None
+        if not isinstance(type_name, str):
+            continue  # the model reported it
+        stage_type = registry.get(type_name)
         if stage_type is None:
-            line = loaded.line_of(("stages", index, "type"))
             known = ", ".join(sorted(registry.names()))
-            problems.append(f"{loaded.path}:{line}: stages[{index}].type: unknown stage type "
-                            f"{spec.type!r} (known: {known})")
+            problems.append(loaded.problem(("stages", index, "type"),
+                                           f"unknown stage type {type_name!r} (known: {known})"))
             continue
+        options = raw.get("with", {})
+        if not isinstance(options, dict):
+            continue  # the model reported it
         try:
-            stage_type.options_model.model_validate(spec.with_)
+            stage_type.options_model.model_validate(options)
         except ValidationError as exc:
             problems.extend(_problems(loaded, exc, ("stages", index, "with")))
-    problems.extend(_dag_problems(loaded, scenario))
-    if problems:
-        raise ScenarioError(problems)
+    problems.extend(_dag_problems(loaded, stages))
+    if problems or scenario is None:
+        raise ScenarioError(_in_file_order(problems))
     return scenario.model_copy(update={"source": loaded.path})
+
+
+def _in_file_order(problems: list[str]) -> list[str]:
+    def position(problem: str) -> tuple[int, int]:
+        match = re.match(r".*?:(\d+):(\d+): ", problem)
+        return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+    return sorted(dict.fromkeys(problems), key=position)
 
 
 def load_scenario_file(path: Path) -> Scenario:

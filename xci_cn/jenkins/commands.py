@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from xci_cn.cli_types import FiniteFloatRange
 from xci_cn.errors import EXIT_PASSED, InvalidInput
 
 
@@ -90,9 +91,9 @@ _names_argument = click.argument("names", nargs=-1)
 _url_option = click.option("--url", default=None, help="Jenkins URL [env JENKINS_URL].")
 _conf_option = click.option("--conf", type=click.Path(dir_okay=False, path_type=Path), default=None,
                             help="Jenkins config file [env XCI_CN_JENKINS_CONF].")
-_timeout_option = click.option("--timeout", type=click.FloatRange(0), default=0,
+_timeout_option = click.option("--timeout", type=FiniteFloatRange(0), default=0,
                                help="Give up (exit 3) after this many seconds; 0: never.")
-_poll_option = click.option("--poll", type=click.FloatRange(0.01, 60), default=2.0, show_default=True,
+_poll_option = click.option("--poll", type=FiniteFloatRange(0.01, 60), default=2.0, show_default=True,
                             help="Seconds between polls of the queue and the console.")
 
 

@@ -123,7 +123,7 @@ def message_overrides(message: str) -> dict[str, str]:
     commit message. The same key twice with different values is an error."""
     found: dict[str, str] = {}
     for line in message.splitlines():
-        match = _MESSAGE_LINE.match(line)
+        match = _MESSAGE_LINE.fullmatch(line)
         if not match:
             continue
         key, value = match.group(1).lower(), match.group(2)
@@ -141,7 +141,7 @@ def scenarios_in(files: list[str]) -> dict[str, list[str]]:
     named: dict[str, list[str]] = {}
     for path in files:
         for pattern in _SCENARIO_PATHS:
-            match = pattern.match(path)
+            match = pattern.fullmatch(path)
             if match:
                 named.setdefault(match.group("name"), []).append(path)
                 break

@@ -84,7 +84,9 @@ def yaml_files(paths: Sequence[Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise InvalidInput(f"{path}: no such file or directory")
+            from xci_cn.config.loader import path_problem
+
+            raise InvalidInput(path_problem(path, "JJB file or directory") or f"{path}: not a file")
     if not found:
         raise InvalidInput(f"{', '.join(map(str, paths))}: no JJB YAML files found")
     return found
@@ -133,21 +135,24 @@ def _jjb_config() -> Any:
 
 
 def error_line(exc: Exception) -> str:
-    """JJB's multi-line error as one line: the innermost location, the
-    innermost object named (job, template, project) and the message."""
+    """JJB's multi-line error as one located problem: the innermost location,
+    the innermost object named (job, template, project) and the message, then
+    the offending line (the format of every YAML problem, config.loader)."""
     from jenkins_jobs.errors import JenkinsJobsException
+
+    from xci_cn.config.loader import located_in_file
 
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
-        where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}: " if mark else ""
-        return f"{where}{exc.problem or exc.context}"
+        message = str(exc.problem or exc.context)
+        return located_in_file(mark.name, (mark.line + 1, mark.column + 1), message) if mark else message
     if isinstance(exc, JenkinsJobsException):
         message = " ".join(str(exc.message).split())
         pos = exc.pos or next((c.pos for c in reversed(exc.ctx) if c.pos), None)
-        where = f"{pos.path}:{pos.line + 1}:{pos.column + 1}: " if pos else ""
         # The innermost object named ("In job template 't-{x}'"), not the project.
         named = next((c.message for c in reversed(exc.ctx) if c.message.startswith("In ")), None)
-        return f"{where}{named + ': ' if named else ''}{message}"
+        message = f"{named + ': ' if named else ''}{message}"
+        return located_in_file(str(pos.path), (pos.line + 1, pos.column + 1), message) if pos else message
     return " ".join(str(exc).split())
 
 
@@ -155,14 +160,17 @@ def _unknown_sections(roots: Any) -> list[str]:
     """Keys of jobs and job templates that JJB takes for template variables
     although they hold a list or mapping — a misspelled section (``builder:``
     for ``builders:``), which JJB drops without a word."""
+    from xci_cn.config.loader import located_in_file
+
     problems = []
     for kind, items in (("job-template", roots.job_templates), ("job", roots.jobs)):
         for item in items.values():
             for key, value in item.params.items():
                 if isinstance(value, list | dict):
                     pos = getattr(item.params, "key_pos", {}).get(key) or item.pos
-                    problems.append(f"{pos.path}:{pos.line + 1}:{pos.column + 1}: {kind} "
-                                    f"{item.name!r}: unknown section {key!r} (JJB would drop it)")
+                    problems.append(located_in_file(str(pos.path), (pos.line + 1, pos.column + 1),
+                                                    f"{kind} {item.name!r}: unknown section {key!r} "
+                                                    "(JJB would drop it)"))
     return problems
 
 
@@ -176,7 +184,11 @@ def render(paths: Sequence[Path], names: Sequence[str] = ()) -> Rendered:
     from jenkins_jobs.roots import Roots
     from jenkins_jobs.xml_config import XmlJobGenerator
 
+    from xci_cn.config.loader import check_nesting
+
     files = yaml_files([Path(p) for p in paths])
+    for path in files:
+        check_nesting(path)  # JJB's loader recurses: a deep file would end in RecursionError
     with _jjb_logging() as collected:
         try:
             config = _jjb_config()
@@ -212,9 +224,22 @@ def check(rendered: Rendered) -> list[str]:
     return problems
 
 
+def _outside_problem(name: str) -> str | None:
+    """Why a job name cannot be a directory under the output directory:
+    Jenkins folders ("team/job") can, "../x", "/x", "." and "" cannot."""
+    parts = name.split("/")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\0" in name \
+            or "\\" in name:
+        return f"job {name!r}: not a job name that stays inside the output directory"
+    return None
+
+
 def write_jobs(jobs: Sequence[RenderedJob], out_dir: Path) -> list[Path]:
     """Write ``OUT/<job>/config.xml`` (the layout of ``jenkins-jobs test
     --config-xml``)."""
+    problems = [p for p in (_outside_problem(job.name) for job in jobs) if p]
+    if problems:  # checked for every job before the first is written
+        raise InvalidInput("; ".join(problems))
     written = []
     for job in jobs:
         path = out_dir / job.name / "config.xml"

@@ -20,49 +20,12 @@ from typing import Any
 
 from xci_cn.errors import Conflict, Forbidden, NotFound, Rejected, ScenarioError
 from xci_cn.k8s.health import Target, wait_healthy
-from xci_cn.k8s.manifests import KIND_ORDER, Manifest, ManifestSet
+from xci_cn.k8s.manifests import KIND_ORDER, Manifest, ManifestSet, removed_api_problem
 from xci_cn.k8s.resources import FIELD_MANAGER, ResourceInfo, Resources
 
 # The API server refused the object itself (not a permission or an outage):
 # the manifest's fault, reported at its line.
 REJECTS_INPUT = (Rejected, NotFound, Conflict)
-
-# (apiVersion, kind) -> the API to use instead, for APIs Kubernetes removed.
-_WORKLOADS = ("Deployment", "DaemonSet", "ReplicaSet", "StatefulSet")
-REMOVED_APIS: dict[tuple[str, str], str] = {
-    **{("extensions/v1beta1", k): "apps/v1" for k in _WORKLOADS},
-    **{("apps/v1beta1", k): "apps/v1" for k in _WORKLOADS},
-    **{("apps/v1beta2", k): "apps/v1" for k in _WORKLOADS},
-    ("extensions/v1beta1", "Ingress"): "networking.k8s.io/v1",
-    ("extensions/v1beta1", "NetworkPolicy"): "networking.k8s.io/v1",
-    ("extensions/v1beta1", "PodSecurityPolicy"): "Pod Security Admission (PodSecurityPolicy was removed)",
-    ("policy/v1beta1", "PodSecurityPolicy"): "Pod Security Admission (PodSecurityPolicy was removed)",
-    ("networking.k8s.io/v1beta1", "Ingress"): "networking.k8s.io/v1",
-    ("networking.k8s.io/v1beta1", "IngressClass"): "networking.k8s.io/v1",
-    ("batch/v1beta1", "CronJob"): "batch/v1",
-    ("policy/v1beta1", "PodDisruptionBudget"): "policy/v1",
-    ("autoscaling/v2beta1", "HorizontalPodAutoscaler"): "autoscaling/v2",
-    ("autoscaling/v2beta2", "HorizontalPodAutoscaler"): "autoscaling/v2",
-    ("apiextensions.k8s.io/v1beta1", "CustomResourceDefinition"): "apiextensions.k8s.io/v1",
-    ("discovery.k8s.io/v1beta1", "EndpointSlice"): "discovery.k8s.io/v1",
-    ("scheduling.k8s.io/v1beta1", "PriorityClass"): "scheduling.k8s.io/v1",
-    ("coordination.k8s.io/v1beta1", "Lease"): "coordination.k8s.io/v1",
-    **{("rbac.authorization.k8s.io/v1beta1", k): "rbac.authorization.k8s.io/v1"
-       for k in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")},
-    **{("storage.k8s.io/v1beta1", k): "storage.k8s.io/v1"
-       for k in ("StorageClass", "CSIDriver", "CSINode", "VolumeAttachment")},
-    **{("admissionregistration.k8s.io/v1beta1", k): "admissionregistration.k8s.io/v1"
-       for k in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")},
-}
-
-
-def removed_api_problem(manifest: Manifest) -> str | None:
-    """The offline check: an API Kubernetes removed, with what to use."""
-    replacement = REMOVED_APIS.get((manifest.api_version, manifest.kind))
-    if replacement is None:
-        return None
-    return (f"{manifest.where()}: apiVersion {manifest.api_version} of {manifest.kind} was removed "
-            f"from Kubernetes; use {replacement}")
 
 
 @dataclass

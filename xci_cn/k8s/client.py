@@ -68,6 +68,13 @@ def connect(kubeconfig: str | Path, context: str | None = None) -> Cluster:
     path = Path(kubeconfig)
     if not path.is_file():
         raise InvalidInput(f"kubeconfig {path}: no such file")
+    from xci_cn.config.loader import check_nesting
+    from xci_cn.errors import ScenarioError
+
+    try:  # the client's loader recurses: refuse a bomb of a file before it reads it
+        check_nesting(path)
+    except ScenarioError as exc:
+        raise InvalidInput(f"kubeconfig {exc.lines()[0]}") from None
     remember_secrets(path)
     configuration = k8s.Configuration()
     try:

@@ -4,11 +4,12 @@ every message can name ``file: document N: Kind/name``."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xci_cn.config.loader import load_yaml_documents, read_text
+from xci_cn.config.loader import LoadedYaml, load_yaml_documents, located, os_reason, path_problem, read_text
 from xci_cn.errors import InvalidInput, ScenarioError
 
 # Applied first, in this order; everything else after, in file order.
@@ -25,6 +26,7 @@ class Manifest:
     file: str
     index: int  # 1-based document number within the file
     line: int = 1
+    column: int = 1
     defaulted_namespace: bool = False
 
     @property
@@ -49,7 +51,7 @@ class Manifest:
         return (group, self.kind, self.namespace, self.name)
 
     def where(self) -> str:
-        return f"{self.file}:{self.line}: document {self.index}: {self.kind}/{self.name}"
+        return located(self.file, (self.line, self.column), f"document {self.index}: {self.kind}/{self.name}")
 
     def ref(self) -> str:
         namespace = f"{self.namespace}/" if self.namespace else ""
@@ -69,20 +71,103 @@ class ManifestSet:
         return [m for _, m in sorted(enumerate(self.manifests), key=rank)]
 
 
+# (apiVersion, kind) -> the API to use instead, for APIs Kubernetes removed.
+_WORKLOADS = ("Deployment", "DaemonSet", "ReplicaSet", "StatefulSet")
+REMOVED_APIS: dict[tuple[str, str], str] = {
+    **{("extensions/v1beta1", k): "apps/v1" for k in _WORKLOADS},
+    **{("apps/v1beta1", k): "apps/v1" for k in _WORKLOADS},
+    **{("apps/v1beta2", k): "apps/v1" for k in _WORKLOADS},
+    ("extensions/v1beta1", "Ingress"): "networking.k8s.io/v1",
+    ("extensions/v1beta1", "NetworkPolicy"): "networking.k8s.io/v1",
+    ("extensions/v1beta1", "PodSecurityPolicy"): "Pod Security Admission (PodSecurityPolicy was removed)",
+    ("policy/v1beta1", "PodSecurityPolicy"): "Pod Security Admission (PodSecurityPolicy was removed)",
+    ("networking.k8s.io/v1beta1", "Ingress"): "networking.k8s.io/v1",
+    ("networking.k8s.io/v1beta1", "IngressClass"): "networking.k8s.io/v1",
+    ("batch/v1beta1", "CronJob"): "batch/v1",
+    ("policy/v1beta1", "PodDisruptionBudget"): "policy/v1",
+    ("autoscaling/v2beta1", "HorizontalPodAutoscaler"): "autoscaling/v2",
+    ("autoscaling/v2beta2", "HorizontalPodAutoscaler"): "autoscaling/v2",
+    ("apiextensions.k8s.io/v1beta1", "CustomResourceDefinition"): "apiextensions.k8s.io/v1",
+    ("discovery.k8s.io/v1beta1", "EndpointSlice"): "discovery.k8s.io/v1",
+    ("scheduling.k8s.io/v1beta1", "PriorityClass"): "scheduling.k8s.io/v1",
+    ("coordination.k8s.io/v1beta1", "Lease"): "coordination.k8s.io/v1",
+    **{("rbac.authorization.k8s.io/v1beta1", k): "rbac.authorization.k8s.io/v1"
+       for k in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")},
+    **{("storage.k8s.io/v1beta1", k): "storage.k8s.io/v1"
+       for k in ("StorageClass", "CSIDriver", "CSINode", "VolumeAttachment")},
+    **{("admissionregistration.k8s.io/v1beta1", k): "admissionregistration.k8s.io/v1"
+       for k in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")},
+}
+
+
+def removed_api_problem(manifest: Manifest) -> str | None:
+    """The offline check: an API Kubernetes removed, with what to use."""
+    replacement = REMOVED_APIS.get((manifest.api_version, manifest.kind))
+    if replacement is None:
+        return None
+    return (f"{manifest.where()}: apiVersion {manifest.api_version} of {manifest.kind} was removed "
+            f"from Kubernetes; use {replacement}")
+
+
 def manifest_files(paths: list[str | Path]) -> list[Path]:
+    """The YAML files of ``paths`` (files, or directories searched
+    recursively); each problem names the path as given and what is wrong."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-            if not found:
-                raise InvalidInput(f"{path}: directory holds no .yaml/.yml files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise InvalidInput(f"{path}: no such file or directory")
+        problem = path_problem(path, "file or directory of manifests")
+        if problem:
+            raise InvalidInput(problem)
+        files.extend(_yaml_files_under(path) if path.is_dir() else [path])
     return files
+
+
+def _yaml_files_under(directory: Path) -> list[Path]:
+    """rglob would skip an unreadable directory without a word (and then
+    report that it "holds no .yaml files"): walk, and say why instead."""
+    def refuse(exc: OSError) -> None:
+        raise InvalidInput(f"{exc.filename or directory}: {os_reason(exc)}")
+
+    found: list[Path] = []
+    for root, dirs, names in os.walk(directory, onerror=refuse):
+        dirs.sort()
+        found.extend(Path(root) / n for n in sorted(names)
+                     if n.endswith((".yaml", ".yml")) and (Path(root) / n).is_file())
+    if not found:
+        raise InvalidInput(f"{directory}: directory holds no .yaml/.yml files")
+    return found
+
+
+def _shape_problems(body: dict[str, Any]) -> list[str]:
+    """Wrong types inside an otherwise valid object, found before they reach
+    code that assumes the Kubernetes shape (a TypeError in a key, an
+    AttributeError on a CRD's spec)."""
+    problems = []
+    meta = body["metadata"]
+    for key in ("namespace", "generateName"):
+        if key in meta and not isinstance(meta[key], str):
+            problems.append(f"metadata.{key} must be a string, not {type(meta[key]).__name__}")
+    for key in ("labels", "annotations"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            problems.append(f"metadata.{key} must be a mapping, not {type(meta[key]).__name__}")
+    if "spec" in body and body["spec"] is not None and not isinstance(body["spec"], dict):
+        problems.append(f"spec must be a mapping, not {type(body['spec']).__name__}")
+    elif body["kind"] == "CustomResourceDefinition":
+        spec = body.get("spec") or {}
+        names = spec.get("names")
+        if not isinstance(spec.get("group"), str):
+            problems.append("spec.group must be a string")
+        if not isinstance(names, dict) or not isinstance(names.get("kind"), str):
+            problems.append("spec.names.kind must be a string")
+        versions = spec.get("versions")
+        if not isinstance(versions, list) or not all(
+                isinstance(v, dict) and isinstance(v.get("name"), str) for v in versions):
+            problems.append("spec.versions must be a list of mappings with a name")
+    return problems
+
+
+def _document_problem(doc: LoadedYaml, index: int, message: str, loc: tuple = ()) -> str:
+    return doc.problem(loc, f"document {index}: {message}", field_path=False)
 
 
 def load_manifests(paths: list[str | Path], default_namespace: str | None = None) -> ManifestSet:
@@ -96,13 +181,13 @@ def load_manifests(paths: list[str | Path], default_namespace: str | None = None
             problems.extend(exc.lines())
             continue
         for index, doc in enumerate(documents, start=1):
-            where = f"{path}:{doc.lines.get((), 1)}: document {index}"
             body = doc.data
             if not isinstance(body, dict):
-                problems.append(f"{where}: not a mapping")
+                problems.append(_document_problem(doc, index, "not a mapping"))
                 continue
             if body.get("kind") == "List" and isinstance(body.get("items"), list):
-                problems.append(f"{where}: kind List is not supported; write one document per object")
+                problems.append(_document_problem(doc, index, "kind List is not supported; "
+                                                              "write one document per object", ("kind",)))
                 continue
             missing = [k for k in ("apiVersion", "kind") if not isinstance(body.get(k), str) or not body[k]]
             meta = body.get("metadata")
@@ -111,9 +196,16 @@ def load_manifests(paths: list[str | Path], default_namespace: str | None = None
             if missing:
                 name = meta.get("name", "?") if isinstance(meta, dict) else "?"
                 label = f"{body.get('kind', '?')}/{name}"
-                problems.append(f"{where}: {label}: missing {', '.join(missing)}")
+                problems.append(_document_problem(doc, index, f"{label}: missing {', '.join(missing)}"))
                 continue
-            result.manifests.append(Manifest(body, str(path), index, doc.lines.get((), 1)))
+            shape = _shape_problems(body)
+            if shape:
+                label = f"{body['kind']}/{body['metadata']['name']}"
+                problems.extend(_document_problem(doc, index, f"{label}: {p}", tuple(p.split(" ")[0].split(".")))
+                                for p in shape)
+                continue
+            line, column = doc.mark_of(())
+            result.manifests.append(Manifest(body, str(path), index, line, column))
     seen: dict[tuple, Manifest] = {}
     for manifest in result.manifests:
         meta = manifest.body["metadata"]

@@ -26,9 +26,10 @@ from xci_cn.errors import Cancelled, InvalidInput, raise_if_set
 
 
 class StageOptions(BaseModel):
-    """Base of every stage type's options: frozen, unknown keys refused."""
+    """Base of every stage type's options: frozen, unknown keys refused,
+    numbers finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass

@@ -189,22 +189,20 @@ def load_state(path: Path) -> StateDocument | None:
     by another version (then everything runs again). A file of this version
     that does not match the model is the user's to look at: InvalidInput
     naming the file and the field."""
+    from xci_cn.config.loader import NestingTooDeep, load_json_file, shape_problems
+    from xci_cn.errors import ScenarioError
+
     try:
-        text = path.read_text()
+        data = load_json_file(path)
+    except NestingTooDeep:
+        raise
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        return None
+    except InvalidInput:
+        return None  # not JSON: nothing to resume, everything runs again
     if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
         return None
     try:
         return _STATE.validate_python(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise InvalidInput(f"{path}: {where}: {error['msg']} (not a state.json of this xci-cn; "
-                           "move it away or run without --resume)") from None
+        raise ScenarioError(shape_problems(path, exc)) from None

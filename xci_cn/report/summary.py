@@ -54,9 +54,11 @@ class StageSummary(_Open):
 class Summary(_Open):
     """What summary.json must hold for the reports rendered from it."""
 
-    version: int
-    scenario: str
-    result: str
+    version: int = SUMMARY_VERSION
+    run_id: str = ""
+    scenario: str = ""
+    result: str = ""
+    inputs: dict[str, Any] = {}
     stages: list[StageSummary]
 
 
@@ -102,20 +104,19 @@ def write_summary(summary: dict[str, Any], path: Path) -> Path:
 
 
 def read_summary(path: Path) -> dict[str, Any]:
-    """summary.json as written by ``write_summary``; InvalidInput naming the
-    file (and the field) when it is missing, not JSON or not a summary."""
+    """summary.json as written by ``write_summary``, read with the loader's
+    defences (size, UTF-8, nesting depth) and checked against its shape:
+    InvalidInput naming the file (and the field) when it is missing, not
+    JSON or not a summary."""
+    from xci_cn.config.loader import load_json_file, shape_problems
+    from xci_cn.errors import ScenarioError
+
     try:
-        data = json.loads(path.read_text())
+        data = load_json_file(path)
     except FileNotFoundError:
         raise InvalidInput(f"{path}: no such file (a results directory of 'xci-cn run' has one)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path}: not JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
-        raise InvalidInput(f"{path}: not an xci-cn summary (no 'stages' list)")
     try:
         Summary.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise InvalidInput(f"{path}: {where}: {error['msg']}") from None
+        raise ScenarioError(shape_problems(path, exc)) from None
     return data

@@ -46,7 +46,7 @@ class Sandbox:
     name: str
 
     def __post_init__(self) -> None:
-        if not NAME.match(self.name):
+        if not NAME.fullmatch(self.name):
             raise InvalidInput(f"sandbox name {self.name!r}: use lower case letters, digits and '-' "
                                "(at most 40)")
 

@@ -1,29 +1,41 @@
 """``deploy``: put a CN-VNF service graph onto the run's cluster with a
 rollout strategy (rolling, bluegreen, canary). Manifests are checked offline
-when the scenario loads (files, YAML, removed APIs) and against the real API
-server (dry-run) before anything is applied."""
+by the stage type's pre-flight step, once per run before any stage starts
+(files, YAML, shapes, removed APIs), and against the real API server
+(dry-run) before anything is applied."""
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from xci_cn.config.model import Duration
-from xci_cn.errors import InvalidInput, ScenarioError
+from xci_cn.errors import ScenarioError
 from xci_cn.paths import REPO_ROOT
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
 from xci_cn.verify.analysis import AnalysisSpec
 
+if TYPE_CHECKING:
+    from xci_cn.k8s.manifests import ManifestSet
+
 
 def resolve_manifest_path(raw: str) -> Path:
     """Relative paths: the working directory first, then the checkout
-    (so bundled samples such as samples/sdc work from anywhere)."""
+    (so bundled samples such as samples/sdc work from anywhere). A path
+    found in neither stays as written, so messages name what the user wrote."""
     path = Path(raw)
-    if path.is_absolute() or path.exists():
+    if path.is_absolute() or os.path.lexists(path):
         return path
-    return REPO_ROOT / raw
+    bundled = REPO_ROOT / raw
+    return bundled if os.path.lexists(bundled) else path
+
+
+def _key(options: DeployOptions) -> tuple[tuple[str, ...], str | None]:
+    return (tuple(options.manifests), options.namespace)
 
 
 class DeployOptions(StageOptions):
@@ -68,37 +80,47 @@ class DeployOptions(StageOptions):
                 raise ValueError("stable and canary must differ")
         if not self.namespace and self.strategy != "rolling":
             raise ValueError(f"strategy {self.strategy} needs namespace")
-        self._offline_check()
         return self
-
-    def _offline_check(self) -> None:
-        """What can be known without a cluster: the files, their YAML, removed APIs."""
-        from xci_cn.k8s.apply import removed_api_problem
-        from xci_cn.k8s.manifests import load_manifests
-
-        try:
-            manifests = load_manifests([resolve_manifest_path(m) for m in self.manifests], self.namespace)
-        except (ScenarioError, InvalidInput) as exc:
-            raise ValueError("; ".join(exc.lines())) from None
-        problems = [p for p in (removed_api_problem(m) for m in manifests.manifests) if p]
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 class DeployStage:
     name: ClassVar[str] = "deploy"
     options_model: ClassVar[type[StageOptions]] = DeployOptions
 
+    def __init__(self) -> None:
+        # What preflight read, by (files, namespace): run uses it instead of
+        # reading the manifests again.
+        self._checked: dict[tuple[tuple[str, ...], str | None], ManifestSet] = {}
+
+    def preflight(self, options: DeployOptions) -> None:
+        """The offline check, once per run before any stage starts: the files,
+        their YAML and shapes, APIs Kubernetes removed. No cluster is needed
+        and no Kubernetes client is imported."""
+        from xci_cn.k8s.manifests import load_manifests, removed_api_problem
+
+        manifests = load_manifests([resolve_manifest_path(m) for m in options.manifests], options.namespace)
+        problems = [p for p in (removed_api_problem(m) for m in manifests.manifests) if p]
+        if problems:
+            raise ScenarioError(problems)
+        self._checked[_key(options)] = manifests
+
+    def _manifests(self, options: DeployOptions) -> ManifestSet:
+        from xci_cn.k8s.manifests import load_manifests
+
+        checked = self._checked.get(_key(options))
+        if checked is not None:  # a copy: the cluster's pre-flight edits bodies, a retry starts afresh
+            return copy.deepcopy(checked)
+        return load_manifests([resolve_manifest_path(m) for m in options.manifests], options.namespace)
+
     def run(self, ctx: StageContext, options: DeployOptions) -> dict[str, Any]:
         from xci_cn.k8s.client import connect
         from xci_cn.k8s.istio import RolloutTarget
-        from xci_cn.k8s.manifests import load_manifests
         from xci_cn.k8s.resources import Resources
         from xci_cn.k8s.strategies import bluegreen, canary, rolling
         from xci_cn.k8s.strategies.base import DeployPlan, Engine
 
         kubeconfig = require_kubeconfig(ctx)
-        manifests = load_manifests([resolve_manifest_path(m) for m in options.manifests], options.namespace)
+        manifests = self._manifests(options)
         target = None
         if options.strategy != "rolling":
             assert options.namespace and options.service

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from string import Template
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from xci_cn.config.model import Duration
+from xci_cn.config.model import STRICT, Duration
 from xci_cn.verify.prometheus import Prometheus
 
 SUCCESSFUL, FAILED, INCONCLUSIVE, ERROR = "Successful", "Failed", "Inconclusive", "Error"
@@ -44,7 +44,7 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 class MetricSpec(BaseModel):
     """One metric and the rule it must keep."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     name: str = Field(description="Name shown in verdicts and reports.")
     type: Literal["success-rate", "latency-p99", "query"] = Field(
@@ -56,7 +56,7 @@ class MetricSpec(BaseModel):
         default=None, description="How value compares to threshold (default: >= for success-rate, "
                                   "<= for latency-p99; required for query).")
     max_vs_baseline: float | None = Field(
-        default=None, gt=0, description="Canary value must be <= this factor x the baseline's (1.2 = 120 %).")
+        default=None, gt=0, le=100, description="Canary value must be <= this factor x the baseline's (1.2 = 120 %).")
     no_data: Literal["fail", "inconclusive", "skip"] = Field(
         default="inconclusive", description="What a measurement without data counts as.")
 
@@ -86,7 +86,7 @@ def default_metrics() -> list[MetricSpec]:
 class AnalysisSpec(BaseModel):
     """How a canary (or a running version) is judged."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     prometheus: str | None = Field(default=None, description="Prometheus base URL "
                                                              "(default: $XCI_CN_PROMETHEUS_URL).")
@@ -97,8 +97,8 @@ class AnalysisSpec(BaseModel):
     baseline: str | None = Field(default=None, description="Version compared against (default: stable).")
     interval: Duration = Field(default=30.0, description="Time between measurements.")
     count: int = Field(default=3, ge=1, le=100, description="Measurements per step.")
-    failure_limit: int = Field(default=1, ge=1, description="Failed measurements that fail the analysis.")
-    error_limit: int = Field(default=4, ge=1, description="Consecutive measurements that could not be "
+    failure_limit: int = Field(default=1, ge=1, le=100, description="Failed measurements that fail the analysis.")
+    error_limit: int = Field(default=4, ge=1, le=100, description="Consecutive measurements that could not be "
                                                           "taken (Prometheus down) before Error.")
     window: Duration = Field(default=60.0, description="Range of rate() in the built-in queries.")
     inconclusive: Literal["pause", "fail", "pass"] = Field(

@@ -11,10 +11,12 @@ same gateway; mirror targets exist. Each finding names object and field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xci_cn.errors import Forbidden
-from xci_cn.k8s.resources import Resources
+
+if TYPE_CHECKING:  # Finding is used by `validate`, which imports no Kubernetes client
+    from xci_cn.k8s.resources import Resources
 
 
 @dataclass

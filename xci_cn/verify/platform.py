@@ -5,19 +5,20 @@ targets up and Jaeger listing the mesh's services, when asked for."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from xci_cn.k8s.health import HEALTHY, assess
-from xci_cn.k8s.inventory import ISTIO_NAMESPACE, has_namespace, istio_crds, istio_crds_verdict
-from xci_cn.k8s.resources import Resources
+from xci_cn.config.model import STRICT
 from xci_cn.verify.mesh import Finding
+
+if TYPE_CHECKING:  # the check's model is read by `validate`, which imports no Kubernetes client
+    from xci_cn.k8s.resources import Resources
 
 
 class PlatformCheck(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     type: Literal["platform"] = Field(description="Platform checks.")
     istio: bool = Field(default=True, description="Istio's CRDs Established and istio-system present.")
@@ -30,6 +31,8 @@ class PlatformCheck(BaseModel):
 
 
 def check_platform(resources: Resources, check: PlatformCheck) -> list[Finding]:
+    from xci_cn.k8s.inventory import ISTIO_NAMESPACE, has_namespace, istio_crds, istio_crds_verdict
+
     findings: list[Finding] = []
     if check.istio:
         passed, message = istio_crds_verdict(istio_crds(resources))
@@ -48,6 +51,8 @@ def check_platform(resources: Resources, check: PlatformCheck) -> list[Finding]:
 
 
 def _deployment_finding(resources: Resources, namespace: str, name: str) -> Finding:
+    from xci_cn.k8s.health import HEALTHY, assess
+
     info = resources.lookup("apps/v1", "Deployment")
     assert info is not None
     obj = resources.get(info, name, namespace)

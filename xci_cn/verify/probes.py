@@ -6,37 +6,37 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from xci_cn.config.model import Duration
+from xci_cn.config.model import STRICT, Duration
 
 
 class HttpCheck(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     type: Literal["http"] = Field(description="An HTTP check.")
     name: str | None = Field(default=None, description="Testcase name (default: the URL).")
     url: str = Field(description="URL to request.")
     method: Literal["GET", "HEAD", "POST"] = Field(default="GET", description="HTTP method.")
     headers: dict[str, str] = Field(default_factory=dict, description="Request headers.")
-    expect_status: int = Field(default=200, description="Status the answer must have.")
+    expect_status: int = Field(default=200, ge=100, le=599, description="Status the answer must have.")
     expect_body: str | None = Field(default=None, description="Regular expression the body must match.")
     retries: int = Field(default=3, ge=0, le=20, description="Extra attempts, with backoff.")
     timeout: Duration = Field(default=5.0, description="Per request.")
 
 
 class SplitCheck(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     type: Literal["split"] = Field(description="A weighted-split check.")
     name: str | None = Field(default=None, description="Testcase name (default: the URL).")
     url: str = Field(description="URL whose answers say which version served them.")
     requests: int = Field(default=200, ge=10, le=100_000, description="Requests sent.")
-    weights: dict[str, float] | None = Field(
+    weights: dict[str, Annotated[float, Field(ge=0, le=100)]] | None = Field(
         default=None, description="Expected percent per version; default: the VirtualService's stored "
                                   "weights for `service`.")
     service: str | None = Field(default=None, description="VirtualService whose weights are expected.")
