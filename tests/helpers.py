@@ -126,7 +126,12 @@ def kubectl(sandbox: dict, *args: str) -> str:
 
     from xci_cn.sandbox.binaries import find_kubectl
 
-    return subprocess.run([str(find_kubectl()), "--kubeconfig", str(sandbox["kubeconfig"]), *args],
+    # A discovery cache of the sandbox's own: ~/.kube/cache is keyed by
+    # host:port, and another sandbox that had the same port may have served
+    # other kinds (a Gateway API "gateway").
+    kubeconfig = Path(sandbox["kubeconfig"])
+    return subprocess.run([str(find_kubectl()), "--kubeconfig", str(kubeconfig),
+                           "--cache-dir", str(kubeconfig.parent / "kubectl-cache"), *args],
                           capture_output=True, text=True, check=True).stdout
 
 

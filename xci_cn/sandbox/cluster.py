@@ -234,7 +234,7 @@ def _run(binaries: SandboxBinaries, playbook: str, sandbox: Sandbox, log: loggin
     except StageFailed as exc:
         logs = sandbox.cluster_dir / "logs"
         hint = f" (component logs: {logs})" if logs.is_dir() else ""
-        raise StageFailed(f"{exc}{hint}") from None
+        raise type(exc)(f"{exc}{hint}", exc.outputs) from None  # same kind: a TemporaryError stays one
 
 
 def status(name: str) -> dict[str, Any]:
