@@ -72,8 +72,10 @@ stages:
 """, "bad.yaml")
     proc = cli("run", "--scenario", "bad.yaml", "--results-dir", "R", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == \
-        "xci-cn: bad.yaml:4: stages[1].timeout: '30 parsecs' is not a duration (use e.g. 30s, 5m, 1h30m)"
+    assert proc.stderr.splitlines() == [
+        "xci-cn: bad.yaml:4:28: stages[1].timeout: '30 parsecs' is not a duration (use e.g. 30s, 5m, 1h30m)",
+        '      - {name: b, type: shell, timeout: 30 parsecs, with: {command: "true"}}',
+        "                               ^"]
     assert not marker.exists() and not (tmp_path / "R").exists()
     assert "Traceback" not in proc.stderr
 
