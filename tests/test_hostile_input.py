@@ -553,3 +553,24 @@ def test_a_file_that_is_no_scenario_gets_one_line_without_its_content(tmp_path: 
     assert len(lines) == 1 and "not an xci-cn scenario (no 'name' and 'stages' at its top" in lines[0], lines
     for word in ("hash", "daemon", "tok-3b8e", "hunter2", "s3cr3t"):
         assert word not in proc.stderr
+
+
+# -- a 500 that is the user's input is not retried ----------------------------------------------
+@pytest.mark.parametrize("case", ["bad-base64", "wrong-type"])
+def test_an_object_the_server_cannot_decode_is_invalid_input_at_once(sandbox: dict, tmp_path: Path,
+                                                                     case: str) -> None:
+    import time
+
+    body = {"bad-base64": "kind: Secret\nmetadata: {name: bad-b64}\ndata: {key: 'not*base64!'}\n",
+            "wrong-type": "kind: ConfigMap\nmetadata: {name: bad-type}\ndata: {key: [1, 2]}\n"}[case]
+    (tmp_path / "m.yaml").write_text("apiVersion: v1\n" + body)
+    write_scenario(tmp_path, "name: b64\ninstaller: existing\nstages:\n  - {name: d, type: deploy, "
+                             "with: {manifests: [m.yaml], namespace: default}}\n", "s.yaml")
+    started = time.monotonic()
+    proc = cli("run", "--scenario", "s.yaml", "--kubeconfig", str(sandbox["kubeconfig"]), "--results-dir", "R",
+               cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 15  # not the 30 s transient-failure retry
+    error = json.loads((tmp_path / "R" / "summary.json").read_text())["stages"][0]["error"]
+    assert "m.yaml:2:1: document 1:" in error and "rejected by the API server" in error, error
+    assert json.loads((tmp_path / "R" / "summary.json").read_text())["stages"][0]["attempts"] == 1
