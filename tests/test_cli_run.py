@@ -79,7 +79,7 @@ stages:
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "xci-cn: bad.yaml:4:28: stages[1].timeout: '30 parsecs' is not a duration (use e.g. 30s, 5m, 1h30m)",
-        "      - {name: b, type: shell, timeout: 30 parsecs, with: {command: \"true\"}}",
+        '      - {name: b, type: shell, timeout: 30 parsecs, with: {command: "true"}}',
         "                               ^"]
     assert not marker.exists() and not (tmp_path / "R").exists()
     assert "Traceback" not in proc.stderr

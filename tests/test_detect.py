@@ -213,3 +213,43 @@ def test_not_a_checkout_is_an_input_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"xci-cn: --repo {tmp_path / 'plain'}: fatal: not a git repository")
     assert len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("files", [
+    {"scenarios/k8-unknown/notes.md": "a\n"},
+    {"scenarios/k8-unknown/role/tasks/main.yml": "---\n", "scenarios/k8-unknown/xci_overrides": "x=1\n"},
+    {"scenarios/k8-unknown.yaml.orig": "x\n", "playbooks/vars/scenarios/k8-unknown.yml": "x: 1\n"},
+])
+def test_a_touched_scenario_xci_cn_has_no_file_for_is_an_input_error(repo: Path, files: dict) -> None:
+    commit(repo, files)
+    proc = detect(repo)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xci-cn: the change touches scenario 'k8-unknown' (")
+    assert "which xci-cn has no scenario file for (known: " in lines[0] and "add scenarios/k8-unknown.yaml" in lines[0]
+    assert not (repo.parent / "out").exists()
+
+
+def test_a_commit_message_line_chooses_despite_an_unknown_touched_scenario(repo: Path) -> None:
+    commit(repo, {"scenarios/k8-unknown/notes.md": "a\n"}, "Notes\n\ndeploy-scenario: k8-small\n")
+    proc = detect(repo)
+    assert proc.returncode == 0, proc.stderr
+    assert props(repo)["DEPLOY_SCENARIO"] == "k8-small"
+
+
+@pytest.mark.parametrize("second", ["scenarios/k8-unknown/notes.md", "scenarios/k8-small.yaml"])
+def test_two_touched_scenarios_are_an_error_bundled_or_not(repo: Path, second: str) -> None:
+    commit(repo, {"scenarios/k8-other/notes.md": "a\n", second: SMALL_SCENARIO + "# e\n"})
+    proc = detect(repo)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("xci-cn: the change touches 2 scenarios: k8-other (scenarios/k8-other/notes.md),")
+
+
+@pytest.mark.parametrize("inner", ["k8-dir.yaml", "scenario.yaml"])
+def test_a_scenario_directory_counts_as_that_scenario(repo: Path, inner: str) -> None:
+    text = SMALL_SCENARIO.replace("name: k8-small", "name: k8-dir")
+    commit(repo, {f"scenarios/k8-dir/{inner}": text, "scenarios/k8-dir/role/tasks/main.yml": "---\n"})
+    commit(repo, {"scenarios/k8-dir/role/tasks/main.yml": "--- # edited\n"})
+    proc = detect(repo)
+    assert proc.returncode == 0, proc.stderr
+    assert props(repo)["DEPLOY_SCENARIO"] == "k8-dir" and props(repo)["XCI_FLAVOR"] == "aio"

@@ -492,3 +492,86 @@ def test_an_unreadable_manifest_directory_says_permission_denied(layout: str) ->
             if path.is_dir() and not path.is_symlink():
                 path.chmod(0o755)
         shutil.rmtree(base)
+
+
+# -- secrets in check URLs and stage env ---------------------------------------------------------
+def test_url_credentials_and_stage_env_secrets_reach_nothing_the_run_writes(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens: the check fails and its URL lands in every report
+    planted = {"token": "env-token-8d1f2e3c", "marked": "marked-value-4a7b", "url": "url-pass-19c6e0",
+               "other": "other-pass-77aa1"}
+    url = f"http://probe:{planted['url']}@127.0.0.1:{port}/health"
+    write_scenario(tmp_path, f"""name: secrets
+stages:
+  - name: chatty
+    type: shell
+    with:
+      command: "echo token=$API_TOKEN marked=$PLAIN url={url} other=ftp://x:{planted['other']}@h/ ; printenv"
+      env: {{API_TOKEN: {planted['token']}, PLAIN: {planted['marked']}}}
+      secret_env: [PLAIN]
+  - name: probe
+    type: verify
+    needs: [chatty]
+    with: {{checks: [{{type: http, url: "{url}", retries: 0, timeout: 1}}]}}
+""", "s.yaml")
+    proc = cli("run", "--scenario", "s.yaml", "--results-dir", "R", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the probe fails: connection refused
+    written = [p for p in (tmp_path / "R").rglob("*") if p.is_file()]
+    assert {"junit.xml", "summary.json", "report.html", "state.json", "chatty.log"} <= {p.name for p in written}
+    leaks = [(p.name, s) for p in written for s in planted.values() if s in p.read_text(errors="replace")]
+    leaks += [("console", s) for s in planted.values() if s in proc.stdout + proc.stderr]
+    assert leaks == []
+    log = (tmp_path / "R" / "logs" / "chatty.log").read_text()
+    assert f"url=http://<redacted>@127.0.0.1:{port}/health" in log and "token=<redacted> marked=<redacted>" in log
+    junit = (tmp_path / "R" / "junit.xml").read_text()
+    assert f"http GET http://&lt;redacted&gt;@127.0.0.1:{port}/health" in junit or \
+        f"http GET http://<redacted>@127.0.0.1:{port}/health" in junit
+
+
+def test_secret_env_must_name_an_env_variable(tmp_path: Path) -> None:
+    write_scenario(tmp_path, "name: s\nstages:\n  - {name: a, type: shell, with: {command: 'true', env: {A: b},"
+                             " secret_env: [B]}}\n", "s.yaml")
+    proc = cli("validate", "s.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == "xci-cn: secret_env names B, which env does not set (stage a)\n"
+
+
+# -- a file that is not a scenario is not quoted -------------------------------------------------
+@pytest.mark.parametrize("content", [
+    "root:$6$saltsalt$hashhashhash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",
+    "apiVersion: v1\nkind: Config\nclusters: []\nusers: [{name: u, user: {token: tok-3b8e}}]\n",
+    "password: hunter2\nsecret: s3cr3t\n",
+    "- a\n- b\n", "", "42\n",
+])
+@pytest.mark.parametrize("how", ["validate", "run"])
+def test_a_file_that_is_no_scenario_gets_one_line_without_its_content(tmp_path: Path, content: str,
+                                                                      how: str) -> None:
+    (tmp_path / "shadow").write_text(content)
+    if how == "validate":
+        proc = cli("validate", "shadow", cwd=tmp_path)
+    else:
+        proc = cli("run", "--results-dir", "R", cwd=tmp_path, env={"DEPLOY_SCENARIO": str(tmp_path / "shadow")})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not an xci-cn scenario (no 'name' and 'stages' at its top" in lines[0], lines
+    for word in ("hash", "daemon", "tok-3b8e", "hunter2", "s3cr3t"):
+        assert word not in proc.stderr
+
+
+# -- a 500 that is the user's input is not retried ----------------------------------------------
+@pytest.mark.parametrize("case", ["bad-base64", "wrong-type"])
+def test_an_object_the_server_cannot_decode_is_invalid_input_at_once(sandbox: dict, tmp_path: Path,
+                                                                     case: str) -> None:
+    import time
+
+    body = {"bad-base64": "kind: Secret\nmetadata: {name: bad-b64}\ndata: {key: 'not*base64!'}\n",
+            "wrong-type": "kind: ConfigMap\nmetadata: {name: bad-type}\ndata: {key: [1, 2]}\n"}[case]
+    (tmp_path / "m.yaml").write_text("apiVersion: v1\n" + body)
+    write_scenario(tmp_path, "name: b64\ninstaller: existing\nstages:\n  - {name: d, type: deploy, "
+                             "with: {manifests: [m.yaml], namespace: default}}\n", "s.yaml")
+    started = time.monotonic()
+    proc = cli("run", "--scenario", "s.yaml", "--kubeconfig", str(sandbox["kubeconfig"]), "--results-dir", "R",
+               cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 15  # not the 30 s transient-failure retry
+    error = json.loads((tmp_path / "R" / "summary.json").read_text())["stages"][0]["error"]
+    assert "m.yaml:2:1: document 1:" in error and "rejected by the API server" in error, error
+    assert json.loads((tmp_path / "R" / "summary.json").read_text())["stages"][0]["attempts"] == 1

@@ -114,6 +114,8 @@ def test_update_refuses_a_broken_tree_before_touching_jenkins(jenkins: FakeJenki
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         f"xci-cn: {tree}/jobs.yaml:3:5: job 'lazy': unknown section 'builder' (JJB would drop it)",
+        "        builder:",
+        "        ^",
         "xci-cn: job 'lazy': no builders (a misspelled 'builders:' section?)"]
     assert jenkins.log == []
 

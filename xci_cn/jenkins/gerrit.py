@@ -13,7 +13,9 @@ order of precedence (docs/jenkins.rst):
    ``playbooks/vars/scenarios/<name>.yml`` name the scenario; installer paths
    (``INSTALLER_PATHS``) name an installer, tested with the default scenario
    unless a scenario is named too. Two scenarios (or two installers) named by
-   files is an error unless 1. or 2. chooses.
+   files is an error unless 1. or 2. chooses, known to xci-cn or not; so is a
+   touched scenario xci-cn has no file for (a directory ``scenarios/<name>/``
+   counts as that scenario, with ``<name>.yaml`` or ``scenario.yaml`` in it).
 4. Defaults: k8-nosdn-istio, flavor mini (or the scenario's first flavor when
    it does not support mini), the scenario's own installer.
 
@@ -168,12 +170,22 @@ def known_scenarios(repo: Path) -> dict[str, Path]:
     if directory.is_dir():
         for path in sorted(directory.glob("*.y*ml")):
             known[path.stem] = path
+        # releng-xci-scenarios keeps a scenario as a directory: scenarios/<name>/
+        # with <name>.yaml (or scenario.yaml) in it.
+        for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+            for candidate in (sub / f"{sub.name}.yaml", sub / f"{sub.name}.yml", sub / "scenario.yaml"):
+                if candidate.is_file():
+                    known[sub.name] = candidate
+                    break
     return known
 
 
+def _paths_text(paths: list[str]) -> str:
+    return f"{', '.join(paths[:2])}{', …' if len(paths) > 2 else ''}"
+
+
 def _describe(named: dict[str, list[str]]) -> str:
-    return ", ".join(f"{name} ({', '.join(paths[:2])}{', …' if len(paths) > 2 else ''})"
-                     for name, paths in sorted(named.items()))
+    return ", ".join(f"{name} ({_paths_text(paths)})" for name, paths in sorted(named.items()))
 
 
 def detect(change: Change, repo: Path, env: Settings | None = None, pipeline: str = "verify") -> Detection:
@@ -192,12 +204,20 @@ def detect(change: Change, repo: Path, env: Settings | None = None, pipeline: st
               for key in chosen}
     reasons = [f"{key} from {source[key]}" for key in sorted(chosen)]
 
-    # Files named a scenario that the change removed: nothing left to test there.
-    by_files = {name: paths for name, paths in scenarios_in(change.files).items() if name in known}
+    # A scenario the change removed (none of its touched files is left, and
+    # xci-cn does not know it): nothing left to test there.
+    by_files = {name: paths for name, paths in scenarios_in(change.files).items()
+                if name in known or any((repo / p).exists() for p in paths)}
     installers = installers_in(change.files)
     if "scenario" not in chosen and len(by_files) > 1:
         raise InvalidInput(f"the change touches {len(by_files)} scenarios: {_describe(by_files)}; "
                            "split it, or name one with a 'deploy-scenario:' line in the commit message")
+    unknown = {name: paths for name, paths in by_files.items() if name not in known}
+    if "scenario" not in chosen and unknown:
+        name, paths = next(iter(unknown.items()))
+        raise InvalidInput(f"the change touches scenario {name!r} ({_paths_text(paths)}), which "
+                           f"xci-cn has no scenario file for (known: {', '.join(sorted(known))}); add "
+                           f"scenarios/{name}.yaml, or name one with a 'deploy-scenario:' line in the commit message")
     if "installer" not in chosen and len(installers) > 1:
         raise InvalidInput(f"the change touches {len(installers)} installers: {_describe(installers)}; "
                            "split it, or name one with an 'installer-type:' line in the commit message")

@@ -51,10 +51,13 @@ class Applier:
         self.workers = workers
 
     # -- pre-flight ---------------------------------------------------------------------
-    def preflight(self, manifests: ManifestSet) -> dict[int, ResourceInfo | None]:
+    def preflight(self, manifests: ManifestSet, stage_namespace: str | None = None
+                  ) -> dict[int, ResourceInfo | None]:
         """Resolve every manifest against the cluster and dry-run it; raise
         ScenarioError with one line per problem. Returns id(manifest) -> info
-        (None for objects of a CRD defined in the same set)."""
+        (None for objects of a CRD defined in the same set). A missing
+        ``stage_namespace`` joins the set as a Namespace to create (as Helm's
+        --create-namespace); any other namespace must exist or be in the set."""
         problems: list[str] = []
         infos: dict[int, ResourceInfo | None] = {}
         set_crds = _crds_in(manifests)
@@ -78,6 +81,20 @@ class Applier:
         if problems:
             raise ScenarioError(problems)
         existing = self._existing_namespaces()
+        if existing is not None:
+            declared = {m.name for m in manifests.manifests if m.kind == "Namespace"}
+            if stage_namespace and stage_namespace not in existing | declared:
+                namespace = Manifest({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": stage_namespace}},
+                                     "(the deploy stage's namespace)", 0)
+                manifests.manifests.insert(0, namespace)
+                infos[id(namespace)] = self.resources.lookup("v1", "Namespace")
+                declared.add(stage_namespace)
+            problems = [f"{m.where()}: namespace {m.namespace} exists neither in the cluster nor in the manifests"
+                        for m in manifests.manifests
+                        if infos.get(id(m)) is not None and infos[id(m)].namespaced  # type: ignore[union-attr]
+                        and m.namespace not in existing | declared]
+            if problems:
+                raise ScenarioError(problems)
         checks = [(m, infos[id(m)]) for m in manifests.manifests if infos.get(id(m)) is not None]
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dry-run") as pool:
             for problem in pool.map(lambda pair: self._dry_run(pair[0], pair[1], existing), checks):

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from xci_cn.errors import InvalidInput, PermanentError
+from xci_cn.k8s.hosts import same_service
 from xci_cn.k8s.resources import ResourceInfo, Resources
 
 ROLLOUT_MANAGER = "xci-cn-rollout"
@@ -60,13 +61,18 @@ class RolloutState:
                    list(data.get("steps", [])))
 
 
-def route_weights(vs: dict[str, Any], host: str) -> dict[str, int]:
+def route_weights(vs: dict[str, Any], host: str, namespace: str | None = None) -> dict[str, int]:
     """Subset -> weight over every http route of VirtualService ``vs`` to
-    ``host``; a lone destination without a weight carries 100."""
+    ``host`` (of a Service in ``namespace``; short names resolve relative to
+    the rule's namespace, as Istio does); a lone destination without a
+    weight carries 100."""
+    rule_namespace = (vs.get("metadata") or {}).get("namespace") or namespace or ""
+    target_namespace = namespace or rule_namespace
     out: dict[str, int] = {}
     for route in (vs.get("spec") or {}).get("http") or []:
         destinations = [d for d in route.get("route") or []
-                        if (d.get("destination") or {}).get("host") == host]
+                        if same_service((d.get("destination") or {}).get("host") or "", rule_namespace,
+                                        host, target_namespace)]
         for dest in destinations:
             subset = dest["destination"].get("subset", "")
             weight = dest.get("weight", 100 if len(destinations) == 1 else 0)
@@ -99,8 +105,47 @@ class Router:
     def virtual_service(self) -> dict[str, Any]:
         return self._get(self.vs_info)
 
+    def routes_to_target(self, host: str, vs: dict[str, Any]) -> bool:
+        """Does ``host``, written in ``vs``, name the target's Service? A short
+        ``reviews`` in namespace bookinfo is reviews.bookinfo.svc.cluster.local."""
+        namespace = (vs.get("metadata") or {}).get("namespace") or self.target.namespace
+        return same_service(host or "", namespace, self.target.host, self.target.namespace)
+
     def destination_rule(self) -> dict[str, Any]:
         return self._get(self.dr_info)
+
+    def plan_problems(self, manifests: Any, *versions: str) -> list[str]:
+        """Before anything is applied: the VirtualService and DestinationRule
+        the rollout moves traffic through exist (in the manifests, or else in
+        the cluster), the route reaches the target host, and the subsets of
+        ``versions`` are defined."""
+        def find(info: ResourceInfo) -> dict[str, Any] | None:
+            for manifest in manifests.manifests:
+                if manifest.kind == info.kind and manifest.name == self.target.service and \
+                        (manifest.namespace or self.target.namespace) == self.target.namespace:
+                    return {**manifest.body, "metadata": {**manifest.body["metadata"],
+                                                          "namespace": self.target.namespace}}
+            return self.resources.get(info, self.target.service, self.target.namespace)
+
+        where = f"{self.target.namespace}/{self.target.service}"
+        problems = []
+        vs, dr = find(self.vs_info), find(self.dr_info)
+        if vs is None:
+            problems.append(f"VirtualService {where} is neither in the manifests nor in the cluster: the "
+                            "service graph must define it")
+        elif not any(self.routes_to_target((d.get("destination") or {}).get("host", ""), vs)
+                     for route in (vs.get("spec") or {}).get("http") or [] for d in route.get("route") or []):
+            problems.append(f"VirtualService {where} has no http route to {self.target.host}")
+        if dr is None:
+            problems.append(f"DestinationRule {where} is neither in the manifests nor in the cluster: the "
+                            "service graph must define it")
+        else:
+            subsets = {s.get("name") for s in (dr.get("spec") or {}).get("subsets") or [] if isinstance(s, dict)}
+            missing = [v for v in versions if v not in subsets]
+            if missing:
+                problems.append(f"DestinationRule {where} has no subset {', '.join(missing)} "
+                                f"(subsets: {', '.join(sorted(str(s) for s in subsets)) or 'none'})")
+        return problems
 
     def state(self) -> RolloutState | None:
         raw = (self.virtual_service()["metadata"].get("annotations") or {}).get(STATE_ANNOTATION)
@@ -108,7 +153,7 @@ class Router:
 
     def weights(self, vs: dict[str, Any] | None = None) -> dict[str, int]:
         """Subset -> weight over every http route to the target host."""
-        return route_weights(vs or self.virtual_service(), self.target.host)
+        return route_weights(vs or self.virtual_service(), self.target.host, self.target.namespace)
 
     def subsets(self) -> set[str]:
         return {s.get("name") for s in (self.destination_rule().get("spec") or {}).get("subsets") or []}
@@ -130,11 +175,12 @@ class Router:
         touched = 0
         for route in spec.get("http") or []:
             others = [d for d in route.get("route") or []
-                      if (d.get("destination") or {}).get("host") != self.target.host]
+                      if not self.routes_to_target((d.get("destination") or {}).get("host", ""), vs)]
             if len(others) == len(route.get("route") or []):
                 continue
+            # The route keeps the host as its author wrote it (short or not).
             template = next(d["destination"] for d in route["route"]
-                            if d["destination"].get("host") == self.target.host)
+                            if self.routes_to_target(d["destination"].get("host", ""), vs))
             ours = [{"destination": {**{k: v for k, v in template.items() if k != "subset"},
                                      "subset": subset}, "weight": weight}
                     for subset, weight in weights.items()]
@@ -189,7 +235,7 @@ class Router:
                 problems.append(f"subset {subset} still has weight {weight}")
         for route in (vs.get("spec") or {}).get("http") or []:
             mirror = route.get("mirror") or {}
-            if mirror.get("host") == self.target.host and mirror.get("subset") != stable:
+            if mirror and self.routes_to_target(mirror.get("host", ""), vs) and mirror.get("subset") != stable:
                 name = route.get('name', '?')
                 problems.append(f"route {name} still mirrors to subset {mirror.get('subset')}")
         if stable not in self.subsets():

@@ -40,7 +40,8 @@ def _key(options: DeployOptions) -> tuple[tuple[str, ...], str | None]:
 
 class DeployOptions(StageOptions):
     manifests: list[str] = Field(min_length=1, description="Files or directories of multi-document YAML.")
-    namespace: str | None = Field(default=None, description="Namespace for objects that name none.")
+    namespace: str | None = Field(default=None, description="Namespace for objects that name none; created "
+                                                            "(and recorded as created) when it does not exist.")
     strategy: Literal["rolling", "bluegreen", "canary"] = Field(
         default="rolling", description="rolling: apply and wait; bluegreen: switch all traffic at once; "
                                        "canary: step the weights.")
@@ -126,7 +127,7 @@ class DeployStage:
             assert options.namespace and options.service
             target = RolloutTarget.of(options.namespace, options.service, options.host, options.app)
         plan = DeployPlan(manifests, options.strategy, target, options.stable, options.canary,
-                          list(options.steps), options.mirror, options.timeout)
+                          list(options.steps), options.mirror, options.timeout, options.namespace)
         cluster = connect(kubeconfig)
         try:
             engine = Engine(Resources(cluster, ctx.cancel), ctx.log, ctx.cancel, ctx.report_progress)

@@ -44,7 +44,22 @@ class VerifyStage:
     name: ClassVar[str] = "verify"
     options_model: ClassVar[type[StageOptions]] = VerifyOptions
 
+    def preflight(self, options: VerifyOptions) -> None:
+        """Learn the credentials in check URLs before anything is printed: the
+        userinfo is redacted by rule, the bare password wherever it appears."""
+        from urllib.parse import urlsplit
+
+        from xci_cn.secrets import redactor
+
+        for check in options.checks:
+            url = getattr(check, "url", None) or getattr(check, "prometheus", None)
+            if not url:
+                continue
+            parts = urlsplit(url)
+            redactor().add(parts.password)
+
     def run(self, ctx: StageContext, options: VerifyOptions) -> dict[str, Any]:
+        self.preflight(options)  # also when run without the CLI's pre-flight step
         outputs: dict[str, Any] = {"analysis": []}
         opened: list[Any] = []
 

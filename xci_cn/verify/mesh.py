@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from xci_cn.errors import Forbidden
+from xci_cn.k8s.hosts import service_of
 
 if TYPE_CHECKING:  # Finding is used by `validate`, which imports no Kubernetes client
     from xci_cn.k8s.resources import Resources
@@ -61,19 +62,6 @@ def snapshot(resources: Resources, namespace: str) -> MeshSnapshot:
     return snap
 
 
-def _service_of(host: str, namespace: str) -> str | None:
-    """'reviews' / 'reviews.ns' / 'reviews.ns.svc.cluster.local' -> 'ns/reviews';
-    None for hosts outside the cluster (e.g. 'example.com', '*')."""
-    if "*" in host:
-        return None
-    parts = host.split(".")
-    if len(parts) == 1:
-        return f"{namespace}/{parts[0]}"
-    if len(parts) == 2 or (len(parts) >= 3 and parts[2] == "svc"):
-        return f"{parts[1]}/{parts[0]}"
-    return None
-
-
 def _selects(labels: dict[str, str], pod: dict[str, Any]) -> bool:
     pod_labels = pod["metadata"].get("labels") or {}
     return all(pod_labels.get(k) == v for k, v in labels.items())
@@ -85,7 +73,7 @@ def check_mesh(snap: MeshSnapshot) -> list[Finding]:
     rules: dict[str, dict[str, Any]] = {}
     for rule in snap.destination_rules:
         host = (rule.get("spec") or {}).get("host", "")
-        service = _service_of(host, snap.namespace)
+        service = service_of(host, snap.namespace)
         rules[service or host] = rule
     claims: dict[tuple[str, str], str] = {}
     for vs in snap.virtual_services:
@@ -102,7 +90,7 @@ def check_mesh(snap: MeshSnapshot) -> list[Finding]:
                 problems.append(f"spec.gateways[{index}]: gateway {full} does not exist")
         for host in spec.get("hosts") or []:
             for gateway in gateways:
-                key = (host, gateway)
+                key = (service_of(host, snap.namespace) or host, gateway)  # 'reviews' is reviews.<ns>.svc…
                 if key in claims and claims[key] != name:
                     problems.append(f"spec.hosts: host {host!r} on gateway {gateway} is also claimed by "
                                     f"VirtualService {snap.namespace}/{claims[key]}")
@@ -128,7 +116,7 @@ def check_mesh(snap: MeshSnapshot) -> list[Finding]:
 def _destination_problems(snap: MeshSnapshot, rules: dict[str, dict[str, Any]], field_path: str,
                           destination: dict[str, Any], carries_traffic: bool) -> list[str]:
     host = destination.get("host", "")
-    service = _service_of(host, snap.namespace)
+    service = service_of(host, snap.namespace)
     if service is None:
         return []
     if service not in snap.services:

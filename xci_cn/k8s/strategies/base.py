@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from xci_cn.errors import PermanentError, RolloutPaused, StageFailed, TemporaryError, raise_if_set
+from xci_cn.errors import PermanentError, RolloutPaused, ScenarioError, StageFailed, TemporaryError, raise_if_set
 from xci_cn.k8s.apply import Applied, Applier
 from xci_cn.k8s.health import Target, explain, needs_waiting, wait_healthy
 from xci_cn.k8s.istio import RolloutTarget, Router
@@ -33,6 +33,7 @@ class DeployPlan:
     steps: list[int] = field(default_factory=lambda: [10, 25, 50, 100])
     mirror: float | None = None
     timeout: float = 300.0
+    namespace: str | None = None  # the stage's: created when missing
 
 
 @dataclass
@@ -59,8 +60,11 @@ def start_traffic_rollout(engine: Engine, plan: DeployPlan) -> tuple[DeployRecor
     traffic through: (record, Router)."""
     assert plan.target and plan.stable and plan.canary
     record = DeployRecord()
-    engine.apply_and_wait(plan.manifests, plan.timeout, record)
     router = Router(engine.resources, plan.target)
+    problems = router.plan_problems(plan.manifests, plan.stable, plan.canary)
+    if problems:  # found before anything is applied, not after the graph was waited healthy
+        raise ScenarioError(problems)
+    engine.apply_and_wait(plan.manifests, plan.timeout, record, plan.namespace)
     router.require_subsets(plan.stable, plan.canary)
     return record, router
 
@@ -102,12 +106,13 @@ class Engine:
         self.say = progress or (lambda text: log.info("%s", text))
         self.applier = Applier(resources)
 
-    def apply_and_wait(self, manifests: ManifestSet, timeout: float, record: DeployRecord) -> None:
+    def apply_and_wait(self, manifests: ManifestSet, timeout: float, record: DeployRecord,
+                       namespace: str | None = None) -> None:
         """Pre-flight, then apply while already watching: the cluster's
         controllers start on the first Deployment while later objects are
-        still being written."""
+        still being written. The stage's ``namespace`` is created when missing."""
         started = time.monotonic()
-        infos = self.applier.preflight(manifests)
+        infos = self.applier.preflight(manifests, namespace)
         self.say(f"pre-flight passed: {len(manifests.manifests)} objects")
         targets = {id(m): Target(infos[id(m)], m.namespace, m.name) for m in manifests.manifests  # type: ignore[arg-type]
                    if needs_waiting(m.api_version, m.kind) and infos.get(id(m)) is not None}

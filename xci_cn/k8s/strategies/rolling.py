@@ -7,5 +7,5 @@ from xci_cn.k8s.strategies.base import DeployPlan, DeployRecord, Engine, StepHoo
 
 def run(engine: Engine, plan: DeployPlan, hook: StepHook | None = None) -> DeployRecord:
     record = DeployRecord()
-    engine.apply_and_wait(plan.manifests, plan.timeout, record)
+    engine.apply_and_wait(plan.manifests, plan.timeout, record, plan.namespace)
     return record
