@@ -271,3 +271,38 @@ def cli_argv(*args: str) -> list[str]:
     from tests.helpers import XCI_CN
 
     return [*XCI_CN, *args]
+
+
+def test_down_and_a_killed_run_leave_nothing_on_the_host(real_node_free: None, tmp_path: Path) -> None:
+    import os
+    import signal as signals
+
+    from tests.leaks import host_state, processes_mentioning
+    from xci_cn.sandbox.cluster import Sandbox
+
+    before = host_state()
+    up = cli("sandbox", "up", "--name", "leaks", "--flavor", "aio", "-q", timeout=300)
+    assert up.returncode == 0, up.stderr
+    leaks = {"name": "leaks", "kubeconfig": Sandbox("leaks").kubeconfig}
+    kubectl(leaks, "run", "web", "--image", f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}",
+            "--image-pull-policy", "Never", "--", "http")
+    kubectl(leaks, "wait", "--for", "condition=Ready", "pod/web", "--timeout", "60s")
+    during = host_state()
+    assert "xcicn0" in during["interfaces"] and len(during["mounts"]) > len(before["mounts"])
+    assert any("KUBE-SERVICES" in rule for rule in during["iptables"])
+    # A killed run: every process of the sandbox gets SIGKILL; shims and
+    # containers survive their containerd.
+    sandbox = Sandbox("leaks")
+    shims = [pid for pid, cmd in processes_mentioning(str(sandbox.node.socket)) if "containerd-shim" in cmd]
+    assert shims
+    for pid in sandbox.running_components().values():
+        os.kill(pid, signals.SIGKILL)
+    again = cli("sandbox", "up", "--name", "leaks", "--flavor", "aio", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "node clean-up: " in again.stderr and "killed" in again.stderr
+    assert not any(Path(f"/proc/{pid}").exists() for pid in shims)
+    down = cli("sandbox", "down", "--name", "leaks", timeout=120)
+    assert down.returncode == 0, down.stderr
+    after = host_state()
+    assert {k: v for k, v in after.items() if v != before[k]} == {}, \
+        {k: sorted(set(after[k]) ^ set(before[k])) for k in after if after[k] != before[k]}

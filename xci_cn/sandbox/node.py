@@ -138,6 +138,11 @@ def preflight(layout: NodeLayout) -> None:
                                  "load br_netfilter); use --pods simulated on this host")
     owner = host_owner()
     if owner and owner.get("dir") != str(layout.sandbox_dir):
+        previous = NodeLayout(str(owner.get("name")), Path(str(owner.get("dir"))))
+        if not running(previous):  # a killed run of another sandbox: its host-wide leftovers go
+            cleanup(previous)
+            owner = host_owner()
+    if owner and owner.get("dir") != str(layout.sandbox_dir):
         raise EnvironmentProblem(
             f"this host's real node belongs to sandbox {owner.get('name')!r} ({owner.get('dir')}); "
             f"bring it down with 'xci-cn sandbox down --name {owner.get('name')}' or use --pods simulated")
@@ -468,20 +473,21 @@ def running(layout: NodeLayout) -> dict[str, int]:
 def cleanup(layout: NodeLayout, say: Say | None = None) -> list[str]:
     """Undo everything a node of this layout did on the host (idempotent);
     returns what was found and removed, for the log."""
-    if not layout.dir.exists() and not layout.run_dir.exists():
+    owns_host = (host_owner() or {}).get("dir") == str(layout.sandbox_dir)
+    if not layout.dir.exists() and not layout.run_dir.exists() and not owns_host:
         return []
     done: list[str] = []
     for component in COMPONENTS:
         pid = recorded_pid(layout, component)
         if component == "containerd":
             _kill_cgroup_processes(layout, done)
-            _kill_matching(lambda cmd: str(layout.socket) in cmd, "containerd-shim", done)
+            stop_matching(lambda cmd: str(layout.socket) in cmd, "containerd-shim", done)
         if pid and _is_ours(pid, layout):
             _stop(pid)
             done.append(f"stopped {component} (pid {pid})")
-    _kill_matching(lambda cmd: str(layout.socket) in cmd or str(layout.run_dir) in cmd, "leftover", done)
+    stop_matching(lambda cmd: str(layout.socket) in cmd or str(layout.run_dir) in cmd, "leftover", done)
     _unmount_under((layout.dir, layout.run_dir), done)
-    if host_owner() and host_owner().get("dir") == str(layout.sandbox_dir):  # type: ignore[union-attr]
+    if owns_host:
         _remove_links(done)
         _remove_chains(done)
         HOST_RECORD.unlink(missing_ok=True)
@@ -550,7 +556,7 @@ def _kill_cgroup_processes(layout: NodeLayout, done: list[str]) -> None:
             time.sleep(0.05)
 
 
-def _kill_matching(match: Callable[[str], bool], label: str, done: list[str]) -> None:
+def stop_matching(match: Callable[[str], bool], label: str, done: list[str]) -> None:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
