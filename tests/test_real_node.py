@@ -306,3 +306,25 @@ def test_down_and_a_killed_run_leave_nothing_on_the_host(real_node_free: None, t
     after = host_state()
     assert {k: v for k, v in after.items() if v != before[k]} == {}, \
         {k: sorted(set(after[k]) ^ set(before[k])) for k in after if after[k] != before[k]}
+
+
+def test_verify_http_checks_reach_services_by_name_through_their_cluster_ip(sandbox: dict, tmp_path: Path
+                                                                           ) -> None:
+    manifests, namespace = sdc_copy(tmp_path)
+    text = deploy_scenario(manifests, namespace) + f"""  - name: verify
+    type: verify
+    needs: [deploy]
+    with:
+      namespace: {namespace}
+      checks:
+        - {{type: http, url: "http://proxy-access-control.{namespace}.svc:9180/edge",
+           expect_body: "via http-lb v[12] .* via clover-server[123] v1", retries: 10}}
+        - {{type: http, url: "http://snort-ids.{namespace}.svc.cluster.local/", expect_body: "snort-ids v1",
+           retries: 10}}
+        - {{type: http, url: "http://nothing.{namespace}.svc/"}}
+"""
+    code, summary, out = run(tmp_path, sandbox, text)
+    checks = {c["name"]: c for c in summary["stages"][1]["checks"]}
+    assert checks[f"http GET http://proxy-access-control.{namespace}.svc:9180/edge"]["passed"], checks
+    assert checks[f"http GET http://snort-ids.{namespace}.svc.cluster.local/"]["passed"], checks
+    assert code == 1 and f"Service {namespace}/nothing has no ClusterIP" in summary["stages"][1]["error"], out
