@@ -16,7 +16,7 @@ scans it for secrets to redact (``secrets.py``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +52,8 @@ class Settings(BaseSettings):
 
     # xci-cn's own (XCI_CN_<NAME>).
     sandbox: str = Field(DEFAULT_SANDBOX, description="Name of the local sandbox cluster.")
+    sandbox_pods: Literal["real", "simulated"] = Field(
+        "real", description="Who runs the sandbox's pods: a real node (needs root) or kwok alone.")
     sandbox_home: Path | None = Field(None, description="Directory of the sandboxes.")
     cache: Path | None = Field(None, description="Cache of the built sandbox binaries.")
     prometheus_url: str | None = Field(None, description="Prometheus for canary analysis.")

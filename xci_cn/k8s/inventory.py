@@ -26,12 +26,14 @@ def _condition(obj: dict[str, Any], kind: str) -> bool:
 
 
 def nodes(resources: Resources) -> list[dict[str, Any]]:
-    """``[{"name", "roles", "ready"}]`` for every node."""
+    """``[{"name", "roles", "type", "ready"}]`` for every node (type: the
+    sandbox's ``type`` label, ``kwok`` for simulated nodes)."""
     out = []
     for node in _items(resources, "v1", "Node"):
         labels = node["metadata"].get("labels") or {}
         roles = sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))
-        out.append({"name": node["metadata"]["name"], "roles": roles, "ready": _condition(node, "Ready")})
+        out.append({"name": node["metadata"]["name"], "roles": roles, "type": labels.get("type", ""),
+                    "ready": _condition(node, "Ready")})
     return out
 
 

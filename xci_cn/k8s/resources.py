@@ -120,6 +120,18 @@ class Resources:
         elif self.cancel.wait(seconds):
             raise Cancelled("cancelled")
 
+    def pod_log(self, namespace: str, pod: str, container: str, *, previous: bool = False,
+                tail_lines: int = 5) -> str:
+        """The last lines a container wrote (its previous instance's with ``previous``)."""
+        query = [("container", container), ("tailLines", tail_lines), ("previous", str(previous).lower())]
+        try:
+            return self.api.call_api(
+                f"/api/v1/namespaces/{namespace}/pods/{pod}/log", "GET", query_params=query,
+                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"], response_type="str",
+                _return_http_data_only=True, _preload_content=True, _request_timeout=10)
+        except FOREIGN_ERRORS as exc:
+            raise api_error(exc, f"reading the log of {namespace}/{pod} {container}") from None
+
     def get(self, info: ResourceInfo, name: str, namespace: str | None) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
