@@ -10,7 +10,16 @@ download sites are not reachable on CI machines):
 * etcd: a two-line main calling ``etcdmain.Main``;
 * kwok and kwokctl: ``go install sigs.k8s.io/kwok/cmd/...``;
 * Istio's CRDs: ``kubernetes/customresourcedefinitions.gen.yaml`` of the
-  ``istio.io/api`` module.
+  ``istio.io/api`` module;
+* traefik (the sandbox's Gateway API data plane): a generated module that
+  requires ``github.com/traefik/traefik/v3`` and repeats the ``replace`` and
+  ``exclude`` lines of its proxy-served go.mod (``go install …@v3`` refuses a
+  module with replace directives);
+* the Gateway API CRDs (standard channel): ``config/crd/standard/*.yaml`` of
+  ``sigs.k8s.io/gateway-api``, the version Traefik is built against;
+* vegeta (load during analysis): ``go install`` of its module. It sends at a
+  constant rate whatever the answers' latency (an open model, so a slow canary
+  cannot lower the load) and reports codes and latency percentiles as JSON.
 
 Binaries are cached per version set under ``$XCI_CN_CACHE`` (default
 ``~/.cache/xci-cn``) with a manifest of SHA-256 sums recorded at build time;
@@ -47,15 +56,29 @@ class Versions:
     etcd: str = "3.6.8"
     kwok: str = "0.8.0"
     istio_api: str = "1.32.0"
+    # The traffic parts are versioned in the manifest, not in the key, so a
+    # new proxy does not rebuild the control plane. Traefik 3.7 replaces a
+    # nested module the proxy does not serve; 3.6 builds.
+    traefik: str = "3.6.12"
+    gateway_api: str = "1.4.0"  # what traefik 3.6.12's go.mod requires
+    vegeta: str = "12.13.0"
 
     @property
     def key(self) -> str:
         return f"k8s-{self.kubernetes}_etcd-{self.etcd}_kwok-{self.kwok}_istio-{self.istio_api}"
 
+    def of_artifact(self, name: str) -> str | None:
+        """The version an artifact outside the key must have (None: the key's)."""
+        return {"traefik": self.traefik, "vegeta": self.vegeta, GATEWAY_API_CRDS: self.gateway_api}.get(name)
+
 
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
-BINARIES = (*KUBE_COMPONENTS, "etcd", "kwok", "kwokctl")
+TRAFFIC_BINARIES = ("traefik", "vegeta")
+BINARIES = (*KUBE_COMPONENTS, "etcd", "kwok", "kwokctl", *TRAFFIC_BINARIES)
 ISTIO_CRDS = "istio-crds.yaml"
+GATEWAY_API_CRDS = "gateway-api-crds.yaml"
+FILES = (ISTIO_CRDS, GATEWAY_API_CRDS)
+ARTIFACTS = (*BINARIES, *FILES)
 MANIFEST = "manifest.json"
 
 
@@ -82,8 +105,18 @@ class SandboxBinaries:
         return self.bin_dir / ISTIO_CRDS
 
     @property
+    def gateway_api_crds(self) -> Path:
+        return self.bin_dir / GATEWAY_API_CRDS
+
+    @property
     def kubectl(self) -> Path:
         return find_kubectl()
+
+
+def cached_tool(name: str, versions: Versions | None = None) -> Path:
+    """Where the cache keeps ``name`` (vegeta, traefik), without verifying
+    the whole set: for stages that only run a tool."""
+    return cache_root() / "sandbox" / (versions or Versions()).key / "bin" / name
 
 
 def find_kubectl() -> Path:
@@ -104,18 +137,20 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(bin_dir: Path) -> list[str]:
-    """Names of the artifacts that are missing or do not match the manifest."""
+def verify(bin_dir: Path, versions: Versions | None = None) -> list[str]:
+    """Names of the artifacts that are missing, do not match the manifest or
+    were built at another version."""
+    versions = versions or Versions()
     try:
         manifest = json.loads((bin_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
-        return [*BINARIES, ISTIO_CRDS]
+        return list(ARTIFACTS)
     bad = []
-    for name in (*BINARIES, ISTIO_CRDS):
+    for name in ARTIFACTS:
         entry = manifest.get(name)
         path = bin_dir / name
         if not entry or not path.is_file() or path.stat().st_size != entry["size"] \
-                or sha256(path) != entry["sha256"]:
+                or entry.get("version") != versions.of_artifact(name) or sha256(path) != entry["sha256"]:
             bad.append(name)
     return bad
 
@@ -139,15 +174,15 @@ def ensure_binaries(versions: Versions | None = None, progress: Progress | None 
     say = progress or (lambda text: None)
     root = cache_root() / "sandbox" / versions.key
     bin_dir = root / "bin"
-    bad = [*BINARIES, ISTIO_CRDS] if force else verify(bin_dir)
+    bad = list(ARTIFACTS) if force else verify(bin_dir, versions)
     if not bad:
         return SandboxBinaries(bin_dir, versions)
     with _locked(root):
-        bad = [*BINARIES, ISTIO_CRDS] if force else verify(bin_dir)  # another process may have built them
+        bad = list(ARTIFACTS) if force else verify(bin_dir, versions)  # another process may have built them
         if bad:
             builder = _GoBuilder(root, versions, say)
             builder.build(bad)
-            remaining = verify(bin_dir)
+            remaining = verify(bin_dir, versions)
             if remaining:
                 raise EnvironmentProblem(f"sandbox binaries still fail verification after a build: "
                                          f"{', '.join(remaining)} in {bin_dir}")
@@ -222,6 +257,12 @@ class _GoBuilder:
             self.build_kwok()
         if ISTIO_CRDS in wanted:
             self.fetch_istio_crds()
+        if "traefik" in wanted:
+            self.build_traefik()
+        if GATEWAY_API_CRDS in wanted:
+            self.fetch_gateway_api_crds()
+        if "vegeta" in wanted:
+            self.build_vegeta()
         self.write_manifest()
         self.say(f"sandbox binaries ready in {time.monotonic() - started:.0f}s")
 
@@ -282,10 +323,51 @@ class _GoBuilder:
             raise EnvironmentProblem(f"istio.io/api v{self.versions.istio_api} has no {source.name}")
         shutil.copyfile(source, self.bin_dir / ISTIO_CRDS)
 
+    def build_traefik(self) -> None:
+        version = self.versions.traefik
+        directory = self.module("traefik", "xci-cn.local/sandbox/traefik")
+        info = self.download_json(f"github.com/traefik/traefik/v3@v{version}", directory)
+        # go mod edit -json parses the upstream go.mod: its replace and exclude lines, as data.
+        upstream = json.loads(self.go_cmd(["mod", "edit", "-json", info["GoMod"]], directory, "traefik"))
+        edits = [f"-require=github.com/traefik/traefik/v3@v{version}"]
+        for replace in upstream.get("Replace") or []:
+            old, new = replace["Old"], replace["New"]
+            if not new.get("Version"):
+                raise EnvironmentProblem(f"traefik v{version} replaces {old['Path']} by the local directory "
+                                         f"{new['Path']} ({info['GoMod']}); pin a version whose replaces "
+                                         "are all modules")
+            left = f"{old['Path']}@{old['Version']}" if old.get("Version") else old["Path"]
+            edits.append(f"-replace={left}={new['Path']}@{new['Version']}")
+        edits += [f"-exclude={e['Path']}@{e['Version']}" for e in upstream.get("Exclude") or []]
+        self.go_cmd(["mod", "edit", *edits], directory, "traefik")
+        self.say(f"building traefik v{version}")
+        ldflags = f"-s -w -X github.com/traefik/traefik/v3/pkg/version.Version={version}"
+        self.go_cmd(["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(self.bin_dir / "traefik"),
+                     "github.com/traefik/traefik/v3/cmd/traefik"], directory, "traefik")
+
+    def fetch_gateway_api_crds(self) -> None:
+        directory = self.module("gateway-api", "xci-cn.local/sandbox/gateway-api")
+        info = self.download_json(f"sigs.k8s.io/gateway-api@v{self.versions.gateway_api}", directory)
+        sources = sorted((Path(info["Dir"]) / "config" / "crd" / "standard").glob("*.yaml"))
+        if not sources:
+            raise EnvironmentProblem(f"sigs.k8s.io/gateway-api v{self.versions.gateway_api} has no "
+                                     "config/crd/standard/*.yaml")
+        (self.bin_dir / GATEWAY_API_CRDS).write_text(
+            "".join(f"---\n# {p.name}\n{p.read_text()}" for p in sources))
+
+    def build_vegeta(self) -> None:
+        version = self.versions.vegeta
+        self.say(f"building vegeta v{version}")
+        directory = self.module("vegeta", "xci-cn.local/sandbox/vegeta")
+        self.go_cmd(["install", "-v", "-trimpath", "-ldflags", f"-s -w -X main.Version=v{version}",
+                     f"github.com/tsenart/vegeta/v12@v{version}"], directory, "vegeta")
+
     def write_manifest(self) -> None:
         manifest = {}
-        for name in (*BINARIES, ISTIO_CRDS):
+        for name in ARTIFACTS:
             path = self.bin_dir / name
             if path.is_file():
-                manifest[name] = {"sha256": sha256(path), "size": path.stat().st_size}
+                manifest[name] = {"sha256": sha256(path), "size": path.stat().st_size,
+                                  "version": self.versions.of_artifact(name)}
         (self.bin_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
