@@ -343,7 +343,8 @@ def sandbox_down(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reports_errors
 def sandbox_status(name: str, as_json: bool) -> None:
-    """API URL, server version, nodes with roles and Ready state, Istio CRDs."""
+    """API URL, server version, nodes with roles and Ready state, Istio and Gateway API CRDs,
+    the Gateway's and Prometheus' addresses."""
     import json
 
     from xci_cn.sandbox.cluster import status
@@ -360,10 +361,13 @@ def sandbox_status(name: str, as_json: bool) -> None:
     for node in report.get("nodes", []):
         click.echo(f"  node {node['name']:10} {','.join(node['roles']) or '-':24} "
                    f"{'Ready' if node['ready'] else 'NotReady'}")
-    crds = report.get("istio_crds", [])
     if report["up"]:
-        established = sum(c["established"] for c in crds)
-        click.echo(f"  Istio CRDs: {established}/{len(crds)} Established")
+        for label, key in (("Istio CRDs", "istio_crds"), ("Gateway API CRDs", "gateway_api_crds")):
+            crds = report.get(key, [])
+            click.echo(f"  {label}: {sum(c['established'] for c in crds)}/{len(crds)} Established")
+        for label, key in (("Gateway", "gateway_url"), ("Prometheus", "prometheus_url")):
+            if report.get(key):
+                click.echo(f"  {label}: {report[key]}")
     if not report["up"]:
         sys.exit(EXIT_FAILED)
 
@@ -402,18 +406,23 @@ def rollout() -> None:
 
 def _rollout_command(action: str) -> Any:
     @click.option("--namespace", "-n", required=True)
-    @click.option("--service", required=True, help="VirtualService/DestinationRule name.")
+    @click.option("--service", required=True, help="VirtualService/DestinationRule name (istio); the "
+                                                   "versions' Services are <service>-<version> (gateway-api).")
     @click.option("--host", default=None, help="Route host (default <service>.<ns>.svc.cluster.local).")
+    @click.option("--router", type=click.Choice(["istio", "gateway-api"]), default="istio", show_default=True,
+                  help="What moves the traffic: a VirtualService or an HTTPRoute.")
+    @click.option("--route", default=None, help="HTTPRoute name (gateway-api; default: the service).")
     @click.option("--kubeconfig", envvar="KUBECONFIG", default=None, help="[env KUBECONFIG]")
     @click.option("--sandbox-name", envvar="XCI_CN_SANDBOX", default="xci-cn", show_default=True)
     @reports_errors
-    def command(namespace: str, service: str, host: str | None, kubeconfig: str | None,
-                sandbox_name: str) -> None:
+    def command(namespace: str, service: str, host: str | None, router: str, route: str | None,
+                kubeconfig: str | None, sandbox_name: str) -> None:
         import json
 
         from xci_cn.stages.rollout import run_rollout
 
-        result = run_rollout(_cluster_kubeconfig(kubeconfig, sandbox_name), action, namespace, service, host)
+        result = run_rollout(_cluster_kubeconfig(kubeconfig, sandbox_name), action, namespace, service, host,
+                             router=router, route=route)
         click.echo(json.dumps(result, indent=2))
 
     command.__doc__ = {

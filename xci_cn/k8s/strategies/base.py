@@ -56,14 +56,17 @@ class DeployRecord:
 
 def start_traffic_rollout(engine: Engine, plan: DeployPlan) -> tuple[DeployRecord, Any]:
     """Apply and wait, then check the routing objects bluegreen and canary move
-    traffic through: (record, Router)."""
-    from xci_cn.k8s.istio import Router
+    traffic through: (record, router) — Istio's or the Gateway API's."""
+    from xci_cn.k8s.gateway import GatewayRouter, open_router
 
     assert plan.target and plan.stable and plan.canary
     record = DeployRecord()
     engine.apply_and_wait(plan.manifests, plan.timeout, record)
-    router = Router(engine.resources, plan.target)
-    router.require_subsets(plan.stable, plan.canary)
+    router = open_router(engine.resources, plan.target)
+    if isinstance(router, GatewayRouter):
+        router.require_subsets(plan.stable, plan.canary, mirror=bool(plan.mirror))
+    else:
+        router.require_subsets(plan.stable, plan.canary)
     return record, router
 
 
@@ -90,8 +93,9 @@ def run_step_hook(hook: StepHook | None, step: dict[str, Any], router: Any, stat
         router.set_weights(step["weights"], state, mirror)  # records the phase; weights stay
         record.rollout = state.as_dict()
         target = router.target
+        via = " --router gateway-api" if getattr(router, "kind", "") == "HTTPRoute" else ""
         raise RolloutPaused(f"{where.replace('rolled back', 'paused')}: {exc}; decide with 'xci-cn rollout "
-                            f"promote|rollback -n {target.namespace} --service {target.service}'",
+                            f"promote|rollback -n {target.namespace} --service {target.service}{via}'",
                             record.as_outputs()) from None
 
 
