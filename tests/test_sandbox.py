@@ -38,7 +38,7 @@ def test_every_component_listens_on_loopback_only(sandbox: dict) -> None:
     from xci_cn.sandbox.cluster import Sandbox
 
     pids = set(Sandbox(sandbox["name"]).running_components().values())
-    assert len(pids) == 5
+    assert len(pids) == 7  # control plane (5), the proxy, Prometheus
     listening = _listening_sockets_of(pids)
     assert listening, "no listening sockets found for the sandbox's processes"
     assert all(addr == "127.0.0.1" for addr, _ in listening), listening

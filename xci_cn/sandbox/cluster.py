@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from xci_cn.errors import InvalidInput, StageFailed
+from xci_cn.errors import EnvironmentProblem, InvalidInput, StageFailed
 from xci_cn.paths import PLAYBOOKS_DIR
 from xci_cn.sandbox.binaries import SandboxBinaries, ensure_binaries, find_kubectl
 
@@ -70,9 +71,11 @@ class Sandbox:
         return self.dir / "sandbox.json"
 
     def pids(self) -> dict[str, int]:
-        """Component -> pid, as kwokctl recorded them."""
+        """Component -> pid, as kwokctl (the control plane) and the sandbox
+        playbook (the proxy, Prometheus) recorded them."""
         out = {}
-        for pid_file in sorted((self.cluster_dir / "pids").glob("*.pid")):
+        for pid_file in [*sorted((self.cluster_dir / "pids").glob("*.pid")),
+                         *sorted((self.dir / "pids").glob("*.pid"))]:
             try:
                 out[pid_file.stem] = int(pid_file.read_text().strip())
             except (OSError, ValueError):
@@ -112,6 +115,22 @@ def pid_alive(pid: int) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def _prometheus() -> str:
+    found = shutil.which("prometheus")
+    if not found:
+        raise EnvironmentProblem("the sandbox runs Prometheus from the Debian package 'prometheus', which is "
+                                 "not installed: run tools/bootstrap.sh --system (as root) or apt-get install "
+                                 "prometheus")
+    return found
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def port_free(port: int) -> bool:
@@ -159,6 +178,8 @@ def up(name: str, flavor: str, *, istio: bool = True, api_port: int = 0, reuse: 
         notes.append(f"port {api_port} is taken; kwokctl picks a free one")
         api_port = 0
     binaries = ensure_binaries(progress=say)
+    ports = {key: free_port() for key in ("gateway_port", "traefik_metrics_port", "traefik_api_port",
+                                          "prometheus_port")}
     say(f"starting sandbox {name!r} (flavor {flavor}, {len(nodes[flavor])} nodes)")
     # kwokctl picks "unused" ports by probing; two sandboxes started at once
     # (two Jenkins executors) would pick the same ones. One start at a time,
@@ -169,9 +190,11 @@ def up(name: str, flavor: str, *, istio: bool = True, api_port: int = 0, reuse: 
             "sandbox_istio": istio,
             "sandbox_api_port": api_port,
             "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
+            "sandbox_prometheus": _prometheus(),
+            **{f"sandbox_{key}": port for key, port in ports.items()},
         })
     sandbox.info_file.write_text(json.dumps({"name": name, "flavor": flavor, "istio": istio,
-                                             "versions": binaries.versions.__dict__}))
+                                             "versions": binaries.versions.__dict__, **ports}))
     return UpResult(sandbox, flavor, sandbox.api_url() or "", False, notes)
 
 
@@ -251,6 +274,7 @@ def status(name: str) -> dict[str, Any]:
     info = sandbox.info()
     report: dict[str, Any] = {
         "name": name, "flavor": info.get("flavor"), "dir": str(sandbox.dir),
+        "gateway_url": _url(info, "gateway_port"), "prometheus_url": _url(info, "prometheus_port"),
         "kubeconfig": str(sandbox.kubeconfig), "api_url": sandbox.api_url(),
         "components": {c: {"pid": pid, "running": pid_alive(pid)} for c, pid in sandbox.pids().items()},
         "up": sandbox.is_up(),
@@ -269,9 +293,16 @@ def status(name: str) -> dict[str, Any]:
         report["istio_crds"] = [
             {"name": crd.metadata.name, "established": _condition(crd.status.conditions, "Established")}
             for crd in crd_list if crd.spec.group.endswith("istio.io")]
+        report["gateway_api_crds"] = [
+            {"name": crd.metadata.name, "established": _condition(crd.status.conditions, "Established")}
+            for crd in crd_list if crd.spec.group == "gateway.networking.k8s.io"]
     finally:
         cluster.close()
     return report
+
+
+def _url(info: dict[str, Any], key: str) -> str | None:
+    return f"http://127.0.0.1:{info[key]}" if info.get(key) else None
 
 
 def node_summary(node: Any) -> dict[str, Any]:

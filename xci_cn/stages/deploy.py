@@ -11,10 +11,12 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from xci_cn.config.model import Duration
-from xci_cn.errors import InvalidInput, ScenarioError
+from xci_cn.errors import InvalidInput, ScenarioError, StageFailed
 from xci_cn.paths import REPO_ROOT
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
+from xci_cn.stages.rollout import RoutingOptions, rollout_target
 from xci_cn.verify.analysis import AnalysisSpec
+from xci_cn.verify.load import TrafficSpec
 
 
 def resolve_manifest_path(raw: str) -> Path:
@@ -26,7 +28,7 @@ def resolve_manifest_path(raw: str) -> Path:
     return REPO_ROOT / raw
 
 
-class DeployOptions(StageOptions):
+class DeployOptions(RoutingOptions):
     manifests: list[str] = Field(min_length=1, description="Files or directories of multi-document YAML.")
     namespace: str | None = Field(default=None, description="Namespace for objects that name none.")
     strategy: Literal["rolling", "bluegreen", "canary"] = Field(
@@ -49,6 +51,9 @@ class DeployOptions(StageOptions):
     timeout: Duration = Field(default=300.0, description="Deadline for the graph to become healthy.")
     analysis: AnalysisSpec | None = Field(default=None, description="Metric analysis between canary "
                                                                     "steps (and after a blue/green switch).")
+    traffic: TrafficSpec | None = Field(default=None, description="Load sent through the Gateway from "
+                                                                  "the first step on, while the rollout is "
+                                                                  "analysed (recorded in the outputs).")
 
     @field_validator("steps")
     @classmethod
@@ -91,7 +96,6 @@ class DeployStage:
 
     def run(self, ctx: StageContext, options: DeployOptions) -> dict[str, Any]:
         from xci_cn.k8s.client import connect
-        from xci_cn.k8s.istio import RolloutTarget
         from xci_cn.k8s.manifests import load_manifests
         from xci_cn.k8s.resources import Resources
         from xci_cn.k8s.strategies import bluegreen, canary, rolling
@@ -102,18 +106,25 @@ class DeployStage:
         target = None
         if options.strategy != "rolling":
             assert options.namespace and options.service
-            target = RolloutTarget.of(options.namespace, options.service, options.host, options.app)
+            target = rollout_target(options.router, options.namespace, options.service, options.host,
+                                    options.app, options.route, options.backends)
         plan = DeployPlan(manifests, options.strategy, target, options.stable, options.canary,
                           list(options.steps), options.mirror, options.timeout)
         cluster = connect(kubeconfig)
+        traffic = StepTraffic(ctx, options)
         try:
             engine = Engine(Resources(cluster), ctx.log, ctx.cancel, ctx.report_progress)
             strategy = {"rolling": rolling, "bluegreen": bluegreen, "canary": canary}[options.strategy]
-            hook = self.step_hook(ctx, options)
+            hook = traffic.around(self.step_hook(ctx, options))
             record = strategy.run(engine, plan, hook)
+        except StageFailed as exc:
+            traffic.stop_into(exc.outputs)
+            raise
         finally:
             cluster.close()
+            traffic.stop_into(None)
         outputs = record.as_outputs()
+        traffic.stop_into(outputs)
         outputs.update({"strategy": options.strategy, "namespace": options.namespace,
                         "service": options.service, "kubeconfig_used": kubeconfig})
         return outputs
@@ -128,9 +139,9 @@ class DeployStage:
                 ctx.sleep(options.step_pause)
 
             return pause
-        from xci_cn.stages.verify import run_step_analysis
+        from xci_cn.stages.verify import for_router, run_step_analysis
 
-        spec = options.analysis
+        spec = for_router(options.analysis, options.router, options.backends)
         assert options.service and options.namespace and options.canary
 
         def analyse(step: dict[str, Any]) -> None:
@@ -143,3 +154,71 @@ class DeployStage:
                 raise
 
         return analyse
+
+
+class StepTraffic:
+    """Around each rollout step: start the load at the first step, wait
+    until the proxy serves the step's weights (sandbox: Traefik's API), and
+    mark where in the load each step began and ended, so that the report
+    shows per step what was sent and which version answered."""
+
+    def __init__(self, ctx: StageContext, options: DeployOptions):
+        from xci_cn.stages.verify import provisioned_url
+
+        self.ctx = ctx
+        self.options = options
+        self.proxy_api = provisioned_url(ctx, "traefik_api_url") if options.router == "gateway-api" else None
+        self.load: Any = None
+        self.record: dict[str, Any] | None = None
+
+    def around(self, hook: Any) -> Any:
+        if hook is None:
+            return None
+
+        def step(record: dict[str, Any]) -> None:
+            if self.options.traffic is not None and self.load is None:
+                self.load = start_load(self.ctx, self.options.traffic)
+            if self.proxy_api:
+                from xci_cn.verify.dataplane import wait_served
+
+                target = rollout_target(self.options.router, self.options.namespace or "",
+                                        self.options.service or "", route=self.options.route,
+                                        backends=self.options.backends)
+                backends = {v: target.backend(v) for v in record["weights"]}
+                record["served_after_s"] = round(wait_served(
+                    self.proxy_api, target.namespace, target.route, backends, record["weights"],
+                    sleep=self.ctx.sleep), 3)
+            if self.load is not None:
+                record["load_from_s"] = round(self.load.elapsed(), 3)
+            try:
+                hook(record)
+            finally:
+                if self.load is not None:
+                    record["load_until_s"] = round(self.load.elapsed(), 3)
+
+        return step
+
+    def stop_into(self, outputs: dict[str, Any] | None) -> None:
+        """Stop the load once; put its record into ``outputs``."""
+        if self.load is not None and self.record is None:
+            load_record = self.load.stop()
+            self.record = load_record.as_dict()
+            self.ctx.report_progress(f"traffic: {load_record.requests} requests at {load_record.rate_sent:.1f}/s "
+                                     f"(asked {load_record.rate_asked}/s), codes {load_record.codes}")
+            if load_record.shortfall:
+                self.ctx.check("traffic rate", False, load_record.shortfall)
+        if outputs is not None and self.record is not None:
+            outputs["traffic"] = self.record
+
+
+def start_load(ctx: StageContext, spec: TrafficSpec) -> Any:
+    """A running vegeta attack for ``spec`` (URL default: the sandbox's Gateway)."""
+    from xci_cn.sandbox.binaries import cached_tool
+    from xci_cn.stages.verify import provisioned_url
+    from xci_cn.verify.load import Load
+
+    load = Load(cached_tool("vegeta"), spec, provisioned_url(ctx, "gateway_url"),
+                ctx.results_dir / "traffic" / ctx.stage).start()
+    ctx.report_progress(f"traffic: {spec.rate}/s to {load.url}"
+                        f"{f' for {spec.duration:g}s' if spec.duration else ' while the stage runs'}")
+    return load

@@ -14,7 +14,9 @@ from pydantic import Field
 
 from xci_cn.errors import InvalidInput, PermanentError, RolloutPaused
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
+from xci_cn.stages.rollout import RoutingOptions, rollout_target
 from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, AnalysisSpec
+from xci_cn.verify.load import TrafficSpec
 from xci_cn.verify.platform import PlatformCheck
 from xci_cn.verify.probes import HttpCheck, SplitCheck
 
@@ -33,18 +35,51 @@ CheckSpec = Annotated[PlatformCheck | MeshCheck | HttpCheck | SplitCheck | Analy
                       Field(discriminator="type")]
 
 
-class VerifyOptions(StageOptions):
+class VerifyOptions(RoutingOptions):
     namespace: str | None = Field(default=None, description="Namespace of the service graph.")
     service: str | None = Field(default=None, description="VirtualService of the rollout (split weights, "
                                                           "analysis versions).")
     checks: list[CheckSpec] = Field(min_length=1, description="Checks, run in order.")
+    traffic: TrafficSpec | None = Field(default=None, description="Load sent through the Gateway while "
+                                                                  "the checks run (recorded in the outputs).")
 
 
-def prometheus_url(spec: AnalysisSpec) -> str:
-    url = spec.prometheus or os.environ.get("XCI_CN_PROMETHEUS_URL")
+def provisioned_url(ctx: StageContext, key: str) -> str | None:
+    """A service URL a provision stage reported (the sandbox's Prometheus,
+    Gateway), or None."""
+    for outputs in ctx.all_outputs.values():
+        if outputs.get(key):
+            return str(outputs[key])
+    return None
+
+
+def prometheus_url(spec: AnalysisSpec, ctx: StageContext | None = None) -> str:
+    url = spec.prometheus or os.environ.get("XCI_CN_PROMETHEUS_URL") or (
+        provisioned_url(ctx, "prometheus_url") if ctx is not None else None)
     if not url:
-        raise InvalidInput("analysis needs Prometheus: set `prometheus` or $XCI_CN_PROMETHEUS_URL")
+        raise InvalidInput("analysis needs Prometheus: set `prometheus` or $XCI_CN_PROMETHEUS_URL "
+                           "(the sandbox provides its own)")
     return url
+
+
+def on_gateway(ctx: StageContext, check: Any) -> Any:
+    """A probe whose url is a path ("/") goes through the provisioned Gateway."""
+    url = getattr(check, "url", None)
+    if not (isinstance(url, str) and url.startswith("/")):
+        return check
+    gateway = provisioned_url(ctx, "gateway_url")
+    if not gateway:
+        raise InvalidInput(f"{check.type} check: url {url!r} is a path, but no provision stage brought up a "
+                           "Gateway; give a full URL")
+    return check.model_copy(update={"url": gateway.rstrip("/") + url})
+
+
+def for_router(spec: AnalysisSpec, router: str, backends: dict[str, str] | None) -> AnalysisSpec:
+    """The metric profile follows the router unless the spec sets one."""
+    if spec.profile is not None:
+        return spec
+    profile = "gateway" if router == "gateway-api" else "istio"
+    return spec.model_copy(update={"profile": profile, "backends": spec.backends or backends})
 
 
 def run_step_analysis(ctx: StageContext, spec: AnalysisSpec, *, service: str, namespace: str, canary: str,
@@ -54,7 +89,7 @@ def run_step_analysis(ctx: StageContext, spec: AnalysisSpec, *, service: str, na
     from xci_cn.verify.analysis import analyse
     from xci_cn.verify.prometheus import Prometheus
 
-    prom = Prometheus(prometheus_url(spec))
+    prom = Prometheus(prometheus_url(spec, ctx))
     try:
         result = analyse(prom, spec, service=spec.service or service, namespace=spec.namespace or namespace,
                          canary=spec.canary or canary, baseline=spec.baseline or baseline, sleep=ctx.sleep,
@@ -103,9 +138,15 @@ class VerifyStage:
                 opened.append(Resources(self._connect(ctx)))
             return opened[0]
 
+        load = None
+        if options.traffic is not None:
+            from xci_cn.stages.deploy import start_load
+
+            load = start_load(ctx, options.traffic)
         try:
             for check in options.checks:
                 ctx.raise_if_cancelled()
+                check = on_gateway(ctx, check)
                 if isinstance(check, HttpCheck):
                     from xci_cn.verify.probes import run_http
 
@@ -134,6 +175,11 @@ class VerifyStage:
         finally:
             for handle in opened:
                 handle.cluster.close()
+            if load is not None:
+                record = load.stop()
+                outputs["traffic"] = record.as_dict()
+                if record.shortfall:
+                    ctx.check("traffic rate", False, record.shortfall)
         return outputs
 
     def _connect(self, ctx: StageContext) -> Any:
@@ -142,19 +188,29 @@ class VerifyStage:
         return connect(require_kubeconfig(ctx))
 
     def _router(self, options: VerifyOptions, resources: Any, service: str | None) -> Any:
-        from xci_cn.k8s.istio import RolloutTarget, Router
+        from xci_cn.k8s.gateway import open_router
 
         if not (service and options.namespace):
             raise InvalidInput("this check needs the stage's `namespace` and `service`")
-        return Router(resources, RolloutTarget.of(options.namespace, service))
+        return open_router(resources, rollout_target(options.router, options.namespace, service,
+                                                     route=options.route, backends=options.backends))
 
     def _split(self, ctx: StageContext, options: VerifyOptions, check: SplitCheck, resources: Any) -> None:
         from xci_cn.verify.probes import run_split
 
         expected = check.weights
+        router = None
         if expected is None:
             router = self._router(options, resources(), check.service or options.service)
             expected = {k: float(v) for k, v in router.weights().items()}
+        proxy_api = provisioned_url(ctx, "traefik_api_url")
+        if router is not None and options.router == "gateway-api" and proxy_api:
+            from xci_cn.verify.dataplane import wait_served
+
+            # Measure what is stored only once the proxy serves it.
+            wait_served(proxy_api, router.target.namespace, router.target.route,
+                        {v: router.target.backend(v) for v in expected},
+                        {v: int(w) for v, w in expected.items()}, sleep=ctx.sleep)
         probe = run_split(check, expected)
         ctx.check(probe.name, probe.passed, probe.message, **probe.details)
 
@@ -177,7 +233,8 @@ class VerifyStage:
         assert service and namespace
         name = f"analysis {service} {canary}"
         try:
-            record = run_step_analysis(ctx, check, service=service, namespace=namespace, canary=canary,
+            record = run_step_analysis(ctx, for_router(check, options.router, options.backends),
+                                       service=service, namespace=namespace, canary=canary,
                                        baseline=baseline)
         except _AnalysisFailed as exc:
             ctx.check(name, False, str(exc), verdict=exc.record["verdict"])
