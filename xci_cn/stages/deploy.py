@@ -209,6 +209,23 @@ class StepTraffic:
                 self.ctx.check("traffic rate", False, load_record.shortfall)
         if outputs is not None and self.record is not None:
             outputs["traffic"] = self.record
+            for step in outputs.get("steps") or []:
+                measured = measured_shares(self.record, step)
+                if measured:
+                    step["measured"] = measured
+
+
+def measured_shares(traffic: dict[str, Any], step: dict[str, Any]) -> dict[str, float]:
+    """Percent of the answers per version while ``step`` was analysed."""
+    start, end = step.get("load_from_s"), step.get("load_until_s")
+    if start is None or end is None:
+        return {}
+    from xci_cn.verify.load import share_between
+
+    counts = share_between(traffic["per_second"], float(start), float(end))
+    total = sum(n for v, n in counts.items() if v not in ("-", "?")) or 0
+    return {v: round(100 * n / total, 1) for v, n in sorted(counts.items()) if v not in ("-", "?")} \
+        if total else {}
 
 
 def start_load(ctx: StageContext, spec: TrafficSpec) -> Any:

@@ -188,10 +188,10 @@ def summarise(record: LoadRecord, lines: list[str], version_header: str) -> Load
     return record
 
 
-def share_between(record: LoadRecord, start: float, end: float) -> dict[str, int]:
-    """Answers per version in seconds [start, end) of the load."""
+def share_between(per_second: list[dict[str, Any]], start: float, end: float) -> dict[str, int]:
+    """Answers per version in the whole seconds within [start, end) of the load."""
     out: Counter[str] = Counter()
-    for bucket in record.per_second:
-        if start <= bucket["t"] < end:
+    for bucket in per_second:
+        if start <= bucket["t"] and bucket["t"] + 1 <= end:
             out.update(bucket["versions"])
     return dict(out)
