@@ -84,7 +84,7 @@ def test_rollback_reads_back_the_stored_httproute(sandbox: dict, tmp_path: Path)
     code, summary, out = run(tmp_path, sandbox, text)
     assert code == 0, out
     rollback = summary["stages"][1]
-    assert rollback["outputs"]["read_back"] == {"weights": {"v1": 100, "v2": 0}, "ok": True}
+    assert rollback["outputs"]["read_back"] == {"weights": {"v1": 100}, "ok": True}
     assert rollback["checks"][0]["passed"]
     rule = stored_route(sandbox, namespace)["spec"]["rules"][0]
     assert [(r["name"], r["weight"]) for r in rule["backendRefs"]] == [("http-lb-v1", 100)]
@@ -136,9 +136,9 @@ def test_bad_routing_stops_before_any_weight_moves(sandbox: dict, tmp_path: Path
     code, summary, out = run(tmp_path, sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                **{**GATEWAY, **options}))
     assert code == 2, out
-    lines = [x for x in out.splitlines() if x.startswith("xci-cn:")]
-    assert len(lines) == 1 and message.format(ns=namespace) in lines[0], out
-    assert "Traceback" not in out
+    error = summary["stages"][0]["error"]
+    assert message.format(ns=namespace) in error and "\n" not in error, out
+    assert "deploy failed" in out and "Traceback" not in out
     route = stored_route(sandbox, namespace)  # what the user applied, as applied
     assert "xci-cn.opnfv.org/rollout" not in (route["metadata"].get("annotations") or {})
     assert route["spec"]["rules"][0]["backendRefs"][:2] == [
@@ -154,6 +154,6 @@ def test_a_gateway_api_version_the_cluster_does_not_serve(sandbox: dict, tmp_pat
     code, summary, out = run(tmp_path, sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                **GATEWAY))
     assert code == 2, out
-    assert "45-http-lb-route.yaml:29: document 3: HTTPRoute/http-lb: kind HTTPRoute is not served by the " \
+    assert "45-http-lb-route.yaml:28: document 3: HTTPRoute/http-lb: kind HTTPRoute is not served by the " \
            "cluster in apiVersion gateway.networking.k8s.io/v1alpha2" in summary["stages"][0]["error"]
     assert namespace not in kubectl(sandbox, "get", "namespaces", "-o", "name")

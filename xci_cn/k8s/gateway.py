@@ -187,7 +187,9 @@ class GatewayRouter:
         if sum(weights.values()) != 100:
             raise PermanentError(f"route weights {weights} do not sum to 100")
         route = self.route()
+        # Every version this rollout has routed to (a promotion drops the old stable).
         versions = {v for v in (*weights, state.stable, state.canary) if v}
+        versions |= {v for step in state.steps for v in step.get("weights") or {}}
         spec = copy.deepcopy(route.get("spec") or {})
         rules = spec.get("rules") or []
         touched = self.our_rules({"spec": spec}, versions)

@@ -185,14 +185,19 @@ def up(name: str, flavor: str, *, istio: bool = True, api_port: int = 0, reuse: 
     # (two Jenkins executors) would pick the same ones. One start at a time,
     # until the components listen.
     with _exclusive(sandbox_home() / ".start.lock"):
-        _run(binaries, "sandbox-up.yml", sandbox, log, cancel, artifacts_dir, say, {
-            "xci_flavor": flavor,
-            "sandbox_istio": istio,
-            "sandbox_api_port": api_port,
-            "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
-            "sandbox_prometheus": _prometheus(),
-            **{f"sandbox_{key}": port for key, port in ports.items()},
-        })
+        try:
+            _run(binaries, "sandbox-up.yml", sandbox, log, cancel, artifacts_dir, say, {
+                "xci_flavor": flavor,
+                "sandbox_istio": istio,
+                "sandbox_api_port": api_port,
+                "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
+                "sandbox_prometheus": _prometheus(),
+                **{f"sandbox_{key}": port for key, port in ports.items()},
+            })
+        except BaseException:
+            # A half-started sandbox stops what it started (its logs stay).
+            _run(binaries, "sandbox-down.yml", sandbox, log, None, None, None, {"sandbox_keep_logs": True})
+            raise
     sandbox.info_file.write_text(json.dumps({"name": name, "flavor": flavor, "istio": istio,
                                              "versions": binaries.versions.__dict__, **ports}))
     return UpResult(sandbox, flavor, sandbox.api_url() or "", False, notes)
