@@ -176,8 +176,6 @@ class StepTraffic:
             return None
 
         def step(record: dict[str, Any]) -> None:
-            if self.options.traffic is not None and self.load is None:
-                self.load = start_load(self.ctx, self.options.traffic)
             if self.proxy_api:
                 from xci_cn.verify.dataplane import wait_served
 
@@ -188,8 +186,13 @@ class StepTraffic:
                 record["served_after_s"] = round(wait_served(
                     self.proxy_api, target.namespace, target.route, backends, record["weights"],
                     sleep=self.ctx.sleep), 3)
+            if self.options.traffic is not None and self.load is None:
+                self.load = start_load(self.ctx, self.options.traffic)  # once the route is served: no 404s
             if self.load is not None:
                 record["load_from_s"] = round(self.load.elapsed(), 3)
+                if self.options.analysis is not None:
+                    # The first measurement needs this step's own requests in Prometheus.
+                    self.ctx.sleep(self.options.analysis.interval)
             try:
                 hook(record)
             finally:

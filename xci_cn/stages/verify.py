@@ -139,11 +139,15 @@ class VerifyStage:
             return opened[0]
 
         load = None
-        if options.traffic is not None:
-            from xci_cn.stages.deploy import start_load
-
-            load = start_load(ctx, options.traffic)
         try:
+            if options.traffic is not None:
+                from xci_cn.stages.deploy import start_load
+
+                if options.router == "gateway-api" and options.service:
+                    # Load before the proxy serves the route would meet 404s.
+                    router = self._router(options, resources(), options.service)
+                    self._wait_served(ctx, options, router, router.weights())
+                load = start_load(ctx, options.traffic)
             for check in options.checks:
                 ctx.raise_if_cancelled()
                 check = on_gateway(ctx, check)
@@ -203,16 +207,22 @@ class VerifyStage:
         if expected is None:
             router = self._router(options, resources(), check.service or options.service)
             expected = {k: float(v) for k, v in router.weights().items()}
-        proxy_api = provisioned_url(ctx, "traefik_api_url")
-        if router is not None and options.router == "gateway-api" and proxy_api:
-            from xci_cn.verify.dataplane import wait_served
-
+        if router is not None:
             # Measure what is stored only once the proxy serves it.
-            wait_served(proxy_api, router.target.namespace, router.target.route,
-                        {v: router.target.backend(v) for v in expected},
-                        {v: int(w) for v, w in expected.items()}, sleep=ctx.sleep)
+            self._wait_served(ctx, options, router, {v: int(w) for v, w in expected.items()})
         probe = run_split(check, expected)
         ctx.check(probe.name, probe.passed, probe.message, **probe.details)
+
+    def _wait_served(self, ctx: StageContext, options: VerifyOptions, router: Any, weights: dict[str, int]
+                     ) -> None:
+        """On the sandbox (whose proxy has an API): wait until it serves ``weights``."""
+        proxy_api = provisioned_url(ctx, "traefik_api_url")
+        if options.router != "gateway-api" or not proxy_api:
+            return
+        from xci_cn.verify.dataplane import wait_served
+
+        wait_served(proxy_api, router.target.namespace, router.target.route,
+                    {v: router.target.backend(v) for v in weights}, weights, sleep=ctx.sleep)
 
     def _analysis(self, ctx: StageContext, options: VerifyOptions, check: AnalysisCheck,
                   resources: Any) -> dict[str, Any]:

@@ -28,13 +28,20 @@ def served_weights(api_url: str, namespace: str, route: str, backends: dict[str,
     response.raise_for_status()
     prefix = f"httproute-{namespace}-{route}-"
     by_service = {f"{namespace}-{service}-http-": version for version, service in backends.items()}
+    listing = response.json()
+    servers = {s.get("name", "").split("@")[0]: len((s.get("loadBalancer") or {}).get("servers") or [])
+               for s in listing}
     out = []
-    for service in response.json():
+    for service in listing:
         if not service.get("name", "").startswith(prefix) or "weighted" not in service:
             continue
         weights: dict[str, int] = {}
         for member in service["weighted"].get("services") or []:
             version = next((v for p, v in by_service.items() if member["name"].startswith(p)), member["name"])
+            if member.get("status"):  # a backend Traefik could not load yet: answered with this status
+                version = f"{version} (answers {member['status']})"
+            elif not servers.get(member["name"].split("@")[0]):
+                version = f"{version} (no endpoints yet)"
             weights[version] = weights.get(version, 0) + int(member.get("weight", 1))
         out.append(weights)
     return out
