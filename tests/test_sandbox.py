@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import XCI_CN, cli
 from tests.leaks import port_listening, processes_mentioning
 from xci_cn.sandbox import binaries
 
@@ -34,14 +37,18 @@ def test_session_sandbox_is_a_real_api_server(sandbox: dict) -> None:
     assert printed == str(sandbox["kubeconfig"])
 
 
-def test_every_component_listens_on_loopback_only(sandbox: dict) -> None:
+def test_every_component_listens_on_loopback_or_the_node_bridge_only(sandbox: dict) -> None:
     from xci_cn.sandbox.cluster import Sandbox
 
-    pids = set(Sandbox(sandbox["name"]).running_components().values())
-    assert len(pids) == 7  # control plane (5), the proxy, Prometheus
-    listening = _listening_sockets_of(pids)
+    running = Sandbox(sandbox["name"]).running_components()
+    assert set(running) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                            "kwok-controller", "containerd", "kubelet", "kube-proxy", "coredns",
+                            "traefik", "prometheus"}
+    listening = _listening_sockets_of(set(running.values()))
     assert listening, "no listening sockets found for the sandbox's processes"
-    assert all(addr == "127.0.0.1" for addr, _ in listening), listening
+    gateway = Sandbox(sandbox["name"]).node.gateway
+    assert all(addr in ("127.0.0.1", gateway) for addr, _ in listening), listening
+    assert (gateway, 10250) in listening and (gateway, 53) in listening  # kubelet, CoreDNS
 
 
 def test_istio_schema_is_enforced_by_the_real_api_server(sandbox: dict) -> None:
@@ -61,13 +68,13 @@ def test_istio_schema_is_enforced_by_the_real_api_server(sandbox: dict) -> None:
 
 
 def test_second_sandbox_up_down_leaves_nothing(sandbox: dict, isolated_sandbox_home: Path) -> None:
-    up = cli("sandbox", "up", "--name", "second", "--flavor", "aio", "-q")
+    up = cli("sandbox", "up", "--name", "second", "--flavor", "aio", "--pods", "simulated", "-q")
     assert up.returncode == 0, up.stderr
     status = json.loads(cli("sandbox", "status", "--name", "second", "--json").stdout)
     assert [n["name"] for n in status["nodes"]] == ["opnfv"]
     port = urlparse(status["api_url"]).port
     assert port != urlparse(sandbox["api_url"]).port
-    again = cli("sandbox", "up", "--name", "second", "--flavor", "aio")
+    again = cli("sandbox", "up", "--name", "second", "--flavor", "aio", "--pods", "simulated")
     assert again.returncode == 2
     assert again.stderr.strip().startswith("xci-cn: sandbox 'second' is already up (flavor aio")
     down = cli("sandbox", "down", "--name", "second")
@@ -86,7 +93,8 @@ def test_taken_port_is_replaced_by_a_free_one(sandbox: dict) -> None:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen(1)
         taken = blocker.getsockname()[1]
-        up = cli("sandbox", "up", "--name", "ported", "--flavor", "aio", "--api-port", str(taken), "-q")
+        up = cli("sandbox", "up", "--name", "ported", "--flavor", "aio", "--api-port", str(taken),
+                 "--pods", "simulated", "-q")
         try:
             assert up.returncode == 0, up.stderr
             assert f"port {taken} is taken" in up.stderr
@@ -161,3 +169,46 @@ def _decode_host(host_hex: str) -> str:
         return socket.inet_ntoa(bytes.fromhex(host_hex)[::-1])
     raw = bytes.fromhex(host_hex)
     return socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+
+
+@pytest.mark.parametrize("signals,code", [((signal.SIGINT, signal.SIGINT), 130), ((signal.SIGTERM,), 143)])
+def test_interrupted_up_stops_what_it_started(isolated_sandbox_home: Path, signals: tuple, code: int) -> None:
+    directory = isolated_sandbox_home / "interrupted"
+    proc = subprocess.Popen([*XCI_CN, "sandbox", "up", "--name", "interrupted", "--flavor", "aio",
+                             "--pods", "simulated"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any("kube-apiserver" in cmd for _, cmd in processes_mentioning(str(directory))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    for sig in signals:  # a second Ctrl-C must not skip the clean-up
+        proc.send_signal(sig)
+        time.sleep(0.2)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert stderr.strip().splitlines()[-1] == f"xci-cn: interrupted by {signal.Signals(signals[0]).name}"
+    assert processes_mentioning(str(directory)) == []
+    assert not directory.exists()
+    assert cli("sandbox", "status", "--name", "interrupted").returncode == 2
+
+
+def test_down_refuses_what_is_not_a_sandbox(isolated_sandbox_home: Path) -> None:
+    plain = isolated_sandbox_home / "photos"
+    plain.mkdir()
+    (plain / "keep.jpg").write_text("mine")
+    (isolated_sandbox_home / "notes").write_text("mine too")
+    (isolated_sandbox_home / "empty").mkdir()
+    for name, what in (("photos", "a directory"), ("notes", "a file"), ("empty", "a directory")):
+        proc = cli("sandbox", "down", "--name", name)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0] == (f"xci-cn: {isolated_sandbox_home / name} is {what} without xci-cn's sandbox "
+                            "record (sandbox.json): not a sandbox, left untouched")
+    assert (plain / "keep.jpg").read_text() == "mine" and (isolated_sandbox_home / "notes").exists()
+    assert (isolated_sandbox_home / "empty").is_dir()
+    up = cli("sandbox", "up", "--name", "photos", "--pods", "simulated")
+    assert up.returncode == 2 and "holds files but no sandbox record" in up.stderr
+    assert (plain / "keep.jpg").read_text() == "mine"
+    for path in (plain / "keep.jpg", isolated_sandbox_home / "notes"):
+        path.unlink()
+    plain.rmdir()
+    (isolated_sandbox_home / "empty").rmdir()
