@@ -103,8 +103,11 @@ class GatewayRouter:
         out = []
         for index, rule in enumerate((route.get("spec") or {}).get("rules") or []):
             refs = rule.get("backendRefs") or []
+            # Another version of the service without traffic (weight 0) is dropped
+            # from the rule; one with traffic is not the rollout's to take away.
             ours = [r for r in refs if _is_service(r) and (
-                r.get("name") in wanted if wanted is not None else self.version_of(r.get("name", "")))]
+                self.version_of(r.get("name", "")) if wanted is None
+                else r.get("name") in wanted or (self.version_of(r.get("name", "")) and r.get("weight") == 0))]
             if not ours:
                 continue
             others = [r.get("name", "?") for r in refs if r not in ours]

@@ -486,6 +486,7 @@ def status(name: str) -> dict[str, Any]:
         "name": name, "flavor": info.get("flavor"), "pods": info.get("pods", "simulated"),
         "dir": str(sandbox.dir),
         "gateway_url": _url(info, "gateway_port"), "prometheus_url": _url(info, "prometheus_port"),
+        "traefik_api_url": _url(info, "traefik_api_port"),
         "kubeconfig": str(sandbox.kubeconfig), "api_url": sandbox.api_url(),
         "components": {c: {"pid": pid, "running": pid_alive(pid)} for c, pid in sandbox.pids().items()},
         "up": sandbox.is_up(),

@@ -46,16 +46,18 @@ class VerifyOptions(RoutingOptions):
 
 def provisioned_url(ctx: StageContext, key: str) -> str | None:
     """A service URL a provision stage reported (the sandbox's Prometheus,
-    Gateway), or None."""
+    Gateway, proxy API), else ``$XCI_CN_<KEY>`` (``XCI_CN_GATEWAY_URL`` …: a
+    cluster xci-cn did not bring up), else None."""
     for outputs in ctx.all_outputs.values():
         if outputs.get(key):
             return str(outputs[key])
-    return None
+    return os.environ.get(f"XCI_CN_{key.upper()}") or None
 
 
 def prometheus_url(spec: AnalysisSpec, ctx: StageContext | None = None) -> str:
-    url = spec.prometheus or os.environ.get("XCI_CN_PROMETHEUS_URL") or (
-        provisioned_url(ctx, "prometheus_url") if ctx is not None else None)
+    # `prometheus`, else the provisioned sandbox's, else $XCI_CN_PROMETHEUS_URL.
+    url = spec.prometheus or (provisioned_url(ctx, "prometheus_url") if ctx is not None
+                              else os.environ.get("XCI_CN_PROMETHEUS_URL"))
     if not url:
         raise InvalidInput("analysis needs Prometheus: set `prometheus` or $XCI_CN_PROMETHEUS_URL "
                            "(the sandbox provides its own)")
