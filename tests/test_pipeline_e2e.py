@@ -20,11 +20,22 @@ def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_san
     summary = json.loads((results / "summary.json").read_text())
     assert summary["scenario"] == "k8-nosdn-istio" and summary["flavor"] == "mini"
     stages = {s["name"]: s for s in summary["stages"]}
-    names = ("provision", "deploy", "verify", "collect-logs", "teardown")
-    assert [stages[n]["status"] for n in names] == ["passed"] * 5
-    assert stages["deploy"]["outputs"]["counts"]["created"] == 20
-    verify_checks = {c["name"]: c["passed"] for c in stages["verify"]["checks"]}
-    assert verify_checks["mesh VirtualService sdc/http-lb"] and verify_checks["platform Istio CRDs Established"]
+    names = ("provision", "deploy", "promote", "verify", "collect-logs", "teardown")
+    assert [stages[n]["status"] for n in names] == ["passed"] * 6
+    deploy = stages["deploy"]["outputs"]
+    assert deploy["counts"]["created"] == 23  # the SDC graph and its HTTPRoute with a Service per version
+    # The canary through the Gateway API router, judged on real requests.
+    assert [s["weights"] for s in deploy["steps"]] == [{"v1": 75, "v2": 25}, {"v1": 0, "v2": 100}]
+    assert [s["analysis"]["verdict"] for s in deploy["steps"]] == ["Successful", "Successful"]
+    assert deploy["steps"][0]["analysis"]["metrics"][0]["value"] == 1.0
+    assert abs(deploy["steps"][0]["measured"]["v2"] - 25) <= 10
+    assert deploy["traffic"]["requests"] > 100 and set(deploy["traffic"]["codes"]) == {"200"}
+    assert stages["promote"]["outputs"]["stable"] == "v2"
+    verify_checks = {c["name"]: c for c in stages["verify"]["checks"]}
+    assert verify_checks["mesh VirtualService sdc/http-lb"]["passed"]
+    assert verify_checks["platform Istio CRDs Established"]["passed"]
+    split = next(c for n, c in verify_checks.items() if n.startswith("split "))
+    assert split["passed"] and split["details"]["observed"] == {"v2": 100.0}
     provision = stages["provision"]
     assert provision["outputs"]["server_version"] == "v1.36.3"
     assert sorted(n["name"] for n in provision["outputs"]["nodes"]) == ["master1", "node1", "opnfv"]
@@ -47,9 +58,32 @@ def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_san
     assert not (results / "kubeconfig").exists()
 
 
+def test_bad_canary_scenario_is_rolled_back_on_real_failures(tmp_path: Path, isolated_sandbox_home: Path,
+                                                           real_node_free: None) -> None:
+    proc = cli("run", "--scenario", "k8-nosdn-istio-bad-canary", "--results-dir", "R", "--sandbox-name", "bad",
+               cwd=tmp_path, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "R" / "summary.json").read_text())
+    stages = {s["name"]: s for s in summary["stages"]}
+    deploy = stages["deploy"]
+    assert deploy["status"] == "failed"
+    assert deploy["error"].startswith("canary v3 rolled back at step 1 (25%): analysis Failed: ")
+    assert "request-success-rate of v3 = " in deploy["error"]
+    assert deploy["outputs"]["rollout"]["read_back"] == {"weights": {"v1": 100}, "ok": True}
+    assert deploy["outputs"]["traffic"]["codes"].get("500", 0) > 0
+    checks = {c["name"]: c for c in stages["verify"]["checks"]}
+    split = next(c for n, c in checks.items() if n.startswith("split "))
+    assert split["passed"] and split["details"]["observed"] == {"v1": 100.0}
+    assert [stages[n]["status"] for n in ("verify", "collect-logs", "teardown")] == ["passed"] * 3
+    assert processes_mentioning(str(isolated_sandbox_home / "bad")) == []
+
+
 def test_existing_installer_uses_the_given_cluster_and_leaves_it(sandbox: dict, tmp_path: Path) -> None:
+    status = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)
+    # A cluster xci-cn did not bring up names its Gateway, Prometheus and proxy API itself.
+    env = {f"XCI_CN_{key.upper()}": status[key] for key in ("gateway_url", "prometheus_url", "traefik_api_url")}
     proc = cli("run", "--installer", "existing", "--kubeconfig", str(sandbox["kubeconfig"]),
-               "--results-dir", "R", cwd=tmp_path, timeout=300)
+               "--results-dir", "R", cwd=tmp_path, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "R" / "summary.json").read_text())
     provision = summary["stages"][0]

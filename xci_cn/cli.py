@@ -394,7 +394,8 @@ def sandbox_images(name: str, as_json: bool) -> None:
 @setting("--name", field="sandbox")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def sandbox_status(name: str, as_json: bool) -> int:
-    """API URL, server version, nodes with roles and Ready state, Istio CRDs."""
+    """API URL, server version, nodes with roles and Ready state, Istio and Gateway API CRDs,
+    the Gateway's and Prometheus' addresses."""
     import json
 
     from xci_cn.sandbox.cluster import status
@@ -411,10 +412,13 @@ def sandbox_status(name: str, as_json: bool) -> int:
     for node in report.get("nodes", []):
         click.echo(f"  node {node['name']:10} {','.join(node['roles']) or '-':24} "
                    f"{'Ready' if node['ready'] else 'NotReady'}")
-    crds = report.get("istio_crds", [])
     if report["up"]:
-        established = sum(c["established"] for c in crds)
-        click.echo(f"  Istio CRDs: {established}/{len(crds)} Established")
+        for label, key in (("Istio CRDs", "istio_crds"), ("Gateway API CRDs", "gateway_api_crds")):
+            crds = report.get(key, [])
+            click.echo(f"  {label}: {sum(c['established'] for c in crds)}/{len(crds)} Established")
+        for label, key in (("Gateway", "gateway_url"), ("Prometheus", "prometheus_url")):
+            if report.get(key):
+                click.echo(f"  {label}: {report[key]}")
     return EXIT_PASSED if report["up"] else EXIT_FAILED
 
 
@@ -451,17 +455,22 @@ def rollout() -> None:
 
 def _rollout_command(action: str) -> Any:
     @click.option("--namespace", "-n", required=True)
-    @click.option("--service", required=True, help="VirtualService/DestinationRule name.")
+    @click.option("--service", required=True, help="VirtualService/DestinationRule name (istio); the "
+                                                   "versions' Services are <service>-<version> (gateway-api).")
     @click.option("--host", default=None, help="Route host (default <service>.<ns>.svc.cluster.local).")
+    @click.option("--router", type=click.Choice(["istio", "gateway-api"]), default="istio", show_default=True,
+                  help="What moves the traffic: a VirtualService or an HTTPRoute.")
+    @click.option("--route", default=None, help="HTTPRoute name (gateway-api; default: the service).")
     @setting("--kubeconfig", field="kubeconfig")
     @setting("--sandbox-name", field="sandbox")
-    def command(namespace: str, service: str, host: str | None, kubeconfig: str | None,
-                sandbox_name: str) -> None:
+    def command(namespace: str, service: str, host: str | None, router: str, route: str | None,
+                kubeconfig: str | None, sandbox_name: str) -> None:
         import json
 
         from xci_cn.k8s.strategies import lifecycle
 
-        result = lifecycle.run(_cluster_kubeconfig(kubeconfig, sandbox_name), action, namespace, service, host)
+        result = lifecycle.run(_cluster_kubeconfig(kubeconfig, sandbox_name), action, namespace, service, host,
+                               router=router, route=route)
         click.echo(json.dumps(result, indent=2))
 
     command.__doc__ = {

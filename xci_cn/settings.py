@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     sandbox_home: Path | None = Field(None, description="Directory of the sandboxes.")
     cache: Path | None = Field(None, description="Cache of the built sandbox binaries.")
     prometheus_url: str | None = Field(None, description="Prometheus for canary analysis.")
+    gateway_url: str | None = Field(None, description="Gateway that traffic and path-only probes go through.")
+    traefik_api_url: str | None = Field(None, description="API of the proxy, to wait until it serves a route.")
     kubespray_inventory: str | None = Field(None, description="Ansible inventory of kubespray's hosts.")
     jenkins_conf: Path | None = Field(None, description="Jenkins client config (jenkins_jobs.ini format).")
 

@@ -5,6 +5,7 @@ Established" means the same everywhere."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from xci_cn.k8s.health import HEALTHY, assess
@@ -39,9 +40,18 @@ def nodes(resources: Resources) -> list[dict[str, Any]]:
 
 def istio_crds(resources: Resources) -> list[dict[str, Any]]:
     """``[{"name", "established"}]`` for every CRD of an ``*.istio.io`` group."""
+    return _crds(resources, lambda group: group.endswith("istio.io"))
+
+
+def gateway_api_crds(resources: Resources) -> list[dict[str, Any]]:
+    """``[{"name", "established"}]`` for every CRD of the Gateway API."""
+    return _crds(resources, lambda group: group == "gateway.networking.k8s.io")
+
+
+def _crds(resources: Resources, wanted: Callable[[str], bool]) -> list[dict[str, Any]]:
     return [{"name": crd["metadata"]["name"], "established": assess(crd).status == HEALTHY}
             for crd in _items(resources, "apiextensions.k8s.io/v1", "CustomResourceDefinition")
-            if (crd.get("spec") or {}).get("group", "").endswith("istio.io")]
+            if wanted((crd.get("spec") or {}).get("group", ""))]
 
 
 def istio_crds_verdict(crds: list[dict[str, Any]]) -> tuple[bool, str]:

@@ -206,19 +206,7 @@ class Router:
 
     def scale_version(self, version: str, replicas: int) -> list[str]:
         """Scale the Deployments of ``app``/``version`` (labels) to ``replicas``."""
-        info = self.resources.lookup("apps/v1", "Deployment")
-        assert info is not None
-        selector = f"app={self.target.app},version={version}"
-        listing = self.resources.list(info, self.target.namespace, label_selector=selector)
-        names = []
-        for item in listing.get("items", []):
-            name = item["metadata"]["name"]
-            self.resources.apply(info, {"apiVersion": "apps/v1", "kind": "Deployment",
-                                        "metadata": {"name": name, "namespace": self.target.namespace},
-                                        "spec": {"replicas": replicas}},
-                                 field_manager=ROLLOUT_MANAGER, what=f"scaling {selector}")
-            names.append(name)
-        return names
+        return scale_version(self.resources, self.target, version, replicas)
 
     def read_back_problems(self, stable: str) -> list[str]:
         """What is wrong with the STORED objects, if the stable version does
@@ -241,3 +229,21 @@ class Router:
         if stable not in self.subsets():
             problems.append(f"DestinationRule has no subset {stable}")
         return [f"VirtualService {self.target.namespace}/{self.target.service}: {p}" for p in problems]
+
+
+def scale_version(resources: Resources, target: RolloutTarget, version: str, replicas: int) -> list[str]:
+    """Scale the Deployments of ``target.app``/``version`` (labels) to
+    ``replicas``; whichever router moves the traffic."""
+    info = resources.lookup("apps/v1", "Deployment")
+    assert info is not None
+    selector = f"app={target.app},version={version}"
+    listing = resources.list(info, target.namespace, label_selector=selector)
+    names = []
+    for item in listing.get("items", []):
+        name = item["metadata"]["name"]
+        resources.apply(info, {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "metadata": {"name": name, "namespace": target.namespace},
+                               "spec": {"replicas": replicas}},
+                        field_manager=ROLLOUT_MANAGER, what=f"scaling {selector}")
+        names.append(name)
+    return names

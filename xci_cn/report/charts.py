@@ -1,7 +1,8 @@
 """Inline SVG charts for report.html, drawn in Python so that the report needs
 no script library: the stage timeline (a Gantt chart with one bar per
 attempt) and, for canary rollouts, the traffic weights per step and each
-analysed metric against its threshold.
+analysed metric against its threshold; with traffic, the share each version
+actually answered per step and the load sent second by second.
 
 Called by ``xci_cn.report.html``. Every function takes plain summary.json
 data, returns SVG markup, and escapes all text it places (stage names,
@@ -286,6 +287,21 @@ def weights_svg(steps: list[dict[str, Any]], width: int = WIDE) -> str:
                 parts.append(_text(x + w / 2, bottom - h / 2 + 4, f"{share:g}%", anchor="middle",
                                    fill="#fff"))
             bottom -= h
+        measured = step.get("measured")
+        if isinstance(measured, dict) and measured:
+            # What the real requests of this step met: a thin column beside the weights.
+            mark_bottom = float(top + plot_h)
+            for version in colours:
+                share = number(measured.get(version))
+                if not share:
+                    continue
+                h = plot_h * min(max(share, 0), 100) / 100
+                parts.append(f'<rect class="measured" data-version="{escape(version)}" '
+                             f'data-percent="{share:g}" x="{x + w + 2:.1f}" y="{mark_bottom - h:.1f}" '
+                             f'width="5" height="{h:.1f}" fill="{colours[version]}" stroke="#333" '
+                             'stroke-width="0.5"><title>'
+                             f'{escape(f"measured: {version} {share:.1f}% of the answers")}</title></rect>')
+                mark_bottom -= h
         if action == "rollback":
             parts.append(f'<rect class="rollback-mark" x="{x - 2:.1f}" y="{top - 2}" width="{w + 4:.1f}" '
                          f'height="{plot_h + 4}" fill="none" stroke="{STATUS_COLOURS["failed"]}" '
@@ -398,5 +414,61 @@ def metric_svg(series: MetricSeries, step_count: int, width: int = WIDE) -> str:
                      f'cx="{x:.1f}" cy="{y_of(value):.1f}" r="5" fill="{colour}">'
                      f"<title>{escape(title + ': ' + verdict)}</title></circle>")
         parts.append(_text(x + 8, y_of(value) - 6, value_label(value), fill=colour))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def load_svg(per_second: list[dict[str, Any]], steps: list[dict[str, Any]], width: int = WIDE) -> str:
+    """Requests sent per second, stacked by the version that answered, with
+    failed answers in red and each step's start marked."""
+    colours = version_colours(steps)
+    for bucket in per_second:
+        for version in bucket.get("versions") or {}:
+            colours.setdefault(str(version), VERSION_COLOURS[len(colours) % len(VERSION_COLOURS)])
+    peak = max([int(b.get("requests") or 0) for b in per_second] + [1])
+    tick = nice_step(peak, 4)
+    high = math.ceil(peak / tick) * tick
+    span = max([int(b.get("t") or 0) for b in per_second] + [1]) + 1
+    top, plot_h = 14, 140
+    height = top + plot_h + 30
+    left, right = _CANARY_LEFT, width - _CANARY_RIGHT
+    slot = (right - left) / span
+    parts = [f'<svg class="chart load" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="Requests sent per second" xmlns="http://www.w3.org/2000/svg" {FONT}>']
+    for k in range(round(high / tick) + 1):
+        y = top + plot_h * (1 - k * tick / high)
+        parts.append(f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#eee"/>')
+        parts.append(_text(left - 6, y + 4, value_label(k * tick), anchor="end", fill="#666"))
+    for bucket in per_second:
+        t = int(bucket.get("t") or 0)
+        bottom = float(top + plot_h)
+        versions = bucket.get("versions") or {}
+        title = f"+{t}s: {bucket.get('requests', 0)} requests, " + ", ".join(
+            f"{v} {n}" for v, n in versions.items()) + f"; {bucket.get('errors', 0)} failed"
+        parts.append(f'<g class="second" data-t="{t}" data-requests="{int(bucket.get("requests") or 0)}" '
+                     f'data-errors="{int(bucket.get("errors") or 0)}"><title>{escape(title)}</title>')
+        for version, count in versions.items():
+            h = plot_h * int(count) / high
+            parts.append(f'<rect data-version="{escape(str(version))}" x="{left + t * slot:.1f}" '
+                         f'y="{bottom - h:.1f}" width="{max(slot - 1, 1):.1f}" height="{h:.1f}" '
+                         f'fill="{colours.get(str(version), "#999")}"/>')
+            bottom -= h
+        errors = int(bucket.get("errors") or 0)
+        if errors:
+            h = plot_h * errors / high
+            parts.append(f'<rect class="errors" x="{left + t * slot:.1f}" y="{top + plot_h - h:.1f}" '
+                         f'width="{max(slot - 1, 1):.1f}" height="{h:.1f}" fill="none" '
+                         f'stroke="{STATUS_COLOURS["failed"]}" stroke-width="1.5"/>')
+        parts.append("</g>")
+    for index, step in enumerate(steps):
+        start = number(step.get("load_from_s"))
+        if start is None:
+            continue
+        x = left + start * slot
+        parts.append(f'<line class="step-start" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" '
+                     'stroke="#37474f" stroke-dasharray="3 3"/>')
+        parts.append(_text(x + 3, top + 10, _clip(step_label(step, index), 10), fill="#37474f"))
+    parts.append(_text(left, top + plot_h + 18, "0 s", fill="#666"))
+    parts.append(_text(right, top + plot_h + 18, f"{span} s", anchor="end", fill="#666"))
     parts.append("</svg>")
     return "".join(parts)

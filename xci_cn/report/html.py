@@ -24,6 +24,7 @@ from xci_cn.report.charts import (
     NARROW,
     STATUS_COLOURS,
     WIDE,
+    load_svg,
     metric_series,
     metric_svg,
     number,
@@ -289,6 +290,9 @@ def _step_rows(steps: list[dict[str, Any]]) -> str:
     rows = []
     for index, step in enumerate(steps):
         weights = ", ".join(f"{k} {v}%" for k, v in step["weights"].items())
+        measured = _mapping(step.get("measured"))
+        if measured:
+            weights += " (measured " + ", ".join(f"{k} {v:g}%" for k, v in measured.items()) + ")"
         analysis = _mapping(step.get("analysis"))
         failing = [m for m in analysis.get("metrics") or []
                    if isinstance(m, dict) and m.get("passed") is False]
@@ -329,7 +333,23 @@ def _canary(stage: dict[str, Any]) -> str:
             f"{' — ' + _e(where) if where else ''} {badge}"
             f"</h2><h3>Traffic weights per step</h3><div class=\"legend\">{legend}</div>"
             f"{_responsive(lambda width: weights_svg(steps, width))}"
-            f"<h3>Metrics against thresholds</h3>{metric_html}{_step_rows(steps)}</section>")
+            f"<h3>Metrics against thresholds</h3>{metric_html}{_load(outputs, steps)}"
+            f"{_step_rows(steps)}</section>")
+
+
+def _load(outputs: dict[str, Any], steps: list[dict[str, Any]]) -> str:
+    """The traffic sent during the rollout, if any: what and how fast."""
+    traffic = outputs.get("traffic")
+    if not isinstance(traffic, dict) or not isinstance(traffic.get("per_second"), list):
+        return ""
+    latency = traffic.get("latency_ms") or {}
+    facts = (f"{traffic.get('requests', 0)} requests to {traffic.get('url', '?')} at "
+             f"{traffic.get('rate_sent', 0)}/s (asked {traffic.get('rate_asked', '?')}/s); codes "
+             + ", ".join(f"{code}: {n}" for code, n in (traffic.get("codes") or {}).items())
+             + f"; latency p50 {latency.get('p50', '-')} ms, p99 {latency.get('p99', '-')} ms")
+    shortfall = f'<p class="problem">{_e(traffic["shortfall"])}</p>' if traffic.get("shortfall") else ""
+    return (f"<h3>Load sent (answers per second by version)</h3><p>{_e(facts)}</p>{shortfall}"
+            + _responsive(lambda width: load_svg(traffic["per_second"], steps, width)))
 
 
 def render_html(summary: dict[str, Any], results_dir: Path | None = None,

@@ -16,7 +16,15 @@ of what is built; one entry per build step, each kind of entry one builder:
   CoreDNS with only the plugins a sandbox uses);
 * ``LocalGo``: a program of the project's own under ``tools/`` (the SDC
   sample's ``sdc-app``), versioned by the hash of its sources;
-* ``ModuleFile``: a file shipped inside a module (Istio's CRDs).
+* ``ModuleFile``: a file shipped inside a module (Istio's CRDs);
+* ``ModuleFiles``: files of a module directory in one YAML stream (the
+  Gateway API's standard-channel CRDs, of the version Traefik is built with);
+* ``GoModuleBuild``: a command of a module built in a generated module that
+  repeats the ``replace`` and ``exclude`` lines of its proxy-served go.mod
+  (``go install …@v`` refuses a module with replace directives): Traefik, the
+  sandbox's Gateway API data plane, and vegeta, the load generator (an open
+  model: it keeps the asked rate whatever the answers' latency, so a slow
+  canary cannot lower its own load; it reports codes and latencies as JSON).
 
 Adding a binary is one entry in ``ARTIFACTS``. Binaries are cached under
 ``$XCI_CN_CACHE`` (default ``~/.cache/xci-cn``) in a directory named after the
@@ -61,6 +69,10 @@ class Versions:
     istio_api: str = "1.32.0"
     containerd: str = "2.3.7"
     coredns: str = "1.15.0"
+    # 3.7 replaces a nested module the proxy does not serve; 3.6 builds.
+    traefik: str = "3.6.12"
+    gateway_api: str = "1.4.0"  # what traefik 3.6.12's go.mod requires
+    vegeta: str = "12.13.0"
 
     @property
     def key(self) -> str:
@@ -202,6 +214,63 @@ class ModuleFile:
         shutil.copyfile(source, builder.bin_dir / self.name)
 
 
+@dataclass(frozen=True)
+class ModuleFiles:
+    """The files matching ``pattern`` in a Go module, as one YAML stream."""
+
+    name: str
+    module: str
+    version: str
+    pattern: str
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def build(self, builder: _GoBuilder) -> None:
+        info = builder.download_json(f"{self.module}@v{self.version}", builder.module(self.name))
+        sources = sorted(Path(info["Dir"]).glob(self.pattern))
+        if not sources:
+            raise EnvironmentProblem(f"{self.module} v{self.version} has no {self.pattern}")
+        (builder.bin_dir / self.name).write_text("".join(f"---\n# {p.name}\n{p.read_text()}" for p in sources))
+
+
+@dataclass(frozen=True)
+class GoModuleBuild:
+    """``package`` of ``module``, built in a generated module carrying the
+    upstream go.mod's replace and exclude lines (read with ``go mod edit
+    -json``, not typed here)."""
+
+    name: str
+    module: str
+    version: str
+    package: str
+    ldflags: str = "-s -w"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def build(self, builder: _GoBuilder) -> None:
+        directory = builder.module(self.name)
+        info = builder.download_json(f"{self.module}@v{self.version}", directory)
+        upstream = json.loads(builder.go_cmd(["mod", "edit", "-json", info["GoMod"]], directory, self.name))
+        edits = [f"-require={self.module}@v{self.version}"]
+        for replace in upstream.get("Replace") or []:
+            old, new = replace["Old"], replace["New"]
+            if not new.get("Version"):
+                raise EnvironmentProblem(f"{self.name} v{self.version} replaces {old['Path']} by the local "
+                                         f"directory {new['Path']} ({info['GoMod']}); pin a version whose "
+                                         "replaces are all modules")
+            left = f"{old['Path']}@{old['Version']}" if old.get("Version") else old["Path"]
+            edits.append(f"-replace={left}={new['Path']}@{new['Version']}")
+        edits += [f"-exclude={e['Path']}@{e['Version']}" for e in upstream.get("Exclude") or []]
+        builder.go_cmd(["mod", "edit", *edits], directory, self.name)
+        builder.say(f"building {self.name} v{self.version}")
+        builder.go_cmd(["build", "-v", "-trimpath", "-ldflags", self.ldflags.format(version=self.version),
+                        "-o", str(builder.bin_dir / self.name), self.package], directory, self.name)
+
+
 ETCD_MAIN = """// etcd for the xci-cn sandbox: upstream etcdmain, nothing else.
 package main
 
@@ -234,6 +303,7 @@ func main() { coremain.Run() }
 """
 
 ISTIO_CRDS = "istio-crds.yaml"
+GATEWAY_API_CRDS = "gateway-api-crds.yaml"
 IMAGE_SOURCES = REPO_ROOT / "tools" / "images"
 
 
@@ -254,6 +324,13 @@ def artifacts(versions: Versions) -> tuple[Artifact, ...]:
                   "-s -w -X github.com/containerd/containerd/v2/version.Version={version}"),
         GoMain("coredns", "github.com/coredns/coredns", versions.coredns, COREDNS_MAIN),
         LocalGo("sdc-app", IMAGE_SOURCES / "sdc-app"),
+        GoModuleBuild("traefik", "github.com/traefik/traefik/v3", versions.traefik,
+                      "github.com/traefik/traefik/v3/cmd/traefik",
+                      "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version={version}"),
+        ModuleFiles(GATEWAY_API_CRDS, "sigs.k8s.io/gateway-api", versions.gateway_api,
+                    "config/crd/standard/*.yaml"),
+        GoModuleBuild("vegeta", "github.com/tsenart/vegeta/v12", versions.vegeta, "github.com/tsenart/vegeta/v12",
+                      "-s -w -X main.Version=v{version}"),
     )
 
 
@@ -285,6 +362,12 @@ class SandboxBinaries:
     @property
     def kubectl(self) -> Path:
         return find_kubectl()
+
+
+def cached_tool(name: str, versions: Versions | None = None) -> Path:
+    """Where the cache keeps ``name`` (vegeta, traefik), without verifying
+    the whole set: for stages that only run a tool."""
+    return cache_root() / "sandbox" / (versions or Versions()).key / "bin" / name
 
 
 def find_kubectl() -> Path:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -34,7 +35,7 @@ from typing import Any
 import yaml
 
 from xci_cn import settings
-from xci_cn.errors import Interrupted, InvalidInput, StageFailed, XciCnError
+from xci_cn.errors import EnvironmentProblem, Interrupted, InvalidInput, StageFailed, XciCnError
 from xci_cn.paths import PLAYBOOKS_DIR
 from xci_cn.sandbox import node as real_node
 from xci_cn.sandbox.binaries import SandboxBinaries, ensure_binaries, find_kubectl
@@ -88,10 +89,12 @@ class Sandbox:
         return real_node.NodeLayout(self.name, self.dir)
 
     def pids(self) -> dict[str, int]:
-        """Component -> pid, as kwokctl and the real node recorded them."""
+        """Component -> pid, as kwokctl, the real node and the sandbox playbook
+        (the proxy, Prometheus) recorded them."""
         out = {component: pid for component in real_node.COMPONENTS
                if (pid := real_node.recorded_pid(self.node, component))}
-        for pid_file in sorted((self.cluster_dir / "pids").glob("*.pid")):
+        for pid_file in [*sorted((self.cluster_dir / "pids").glob("*.pid")),
+                         *sorted((self.dir / "pids").glob("*.pid"))]:
             try:
                 out[pid_file.stem] = int(pid_file.read_text().strip())
             except (OSError, ValueError):
@@ -136,6 +139,22 @@ def pid_alive(pid: int) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def _prometheus() -> str:
+    found = shutil.which("prometheus")
+    if not found:
+        raise EnvironmentProblem("the sandbox runs Prometheus from the Debian package 'prometheus', which is "
+                                 "not installed: run tools/bootstrap.sh --system (as root) or apt-get install "
+                                 "prometheus")
+    return found
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def port_free(port: int) -> bool:
@@ -215,8 +234,10 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
            pods: str, kubeconfig_copy: Path | None, log: logging.Logger, say: Callable[[str], None],
            cancel: threading.Event, artifacts_dir: Path | None) -> None:
     name = sandbox.name
+    ports = {key: free_port() for key in ("gateway_port", "traefik_metrics_port", "traefik_api_port",
+                                          "prometheus_port")}
     record = {"name": name, "flavor": flavor, "istio": istio, "pods": pods,
-              "versions": binaries.versions.__dict__}
+              "versions": binaries.versions.__dict__, **ports}
     sandbox.dir.mkdir(parents=True, exist_ok=True)
     _write_info(sandbox, {**record, "state": "starting"})
     say(f"starting sandbox {name!r} (flavor {flavor}, {len(flavor_nodes()[flavor])} nodes, {pods} pods)")
@@ -232,6 +253,8 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
             "sandbox_pods": pods,
             "sandbox_api_port": api_port,
             "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
+            "sandbox_prometheus": _prometheus(),
+            **{f"sandbox_{key}": port for key, port in ports.items()},
         })
         if prepared:
             prepared.result()
@@ -466,6 +489,8 @@ def status(name: str) -> dict[str, Any]:
     report: dict[str, Any] = {
         "name": name, "flavor": info.get("flavor"), "pods": info.get("pods", "simulated"),
         "dir": str(sandbox.dir),
+        "gateway_url": _url(info, "gateway_port"), "prometheus_url": _url(info, "prometheus_port"),
+        "traefik_api_url": _url(info, "traefik_api_port"),
         "kubeconfig": str(sandbox.kubeconfig), "api_url": sandbox.api_url(),
         "components": {c: {"pid": pid, "running": pid_alive(pid)} for c, pid in sandbox.pids().items()},
         "up": sandbox.is_up(),
@@ -478,6 +503,11 @@ def status(name: str) -> dict[str, Any]:
         report["server_version"] = cluster.version()
         report["nodes"] = inventory.nodes(resources)
         report["istio_crds"] = inventory.istio_crds(resources)
+        report["gateway_api_crds"] = inventory.gateway_api_crds(resources)
     finally:
         cluster.close()
     return report
+
+
+def _url(info: dict[str, Any], key: str) -> str | None:
+    return f"http://127.0.0.1:{info[key]}" if info.get(key) else None

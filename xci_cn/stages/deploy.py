@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from xci_cn.config.model import Duration
-from xci_cn.errors import ScenarioError
+from xci_cn.errors import ScenarioError, StageFailed
 from xci_cn.paths import REPO_ROOT
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
+from xci_cn.stages.common import RoutingOptions, StepTraffic, for_router, provisioned_url, rollout_target
 from xci_cn.verify.analysis import AnalysisSpec
+from xci_cn.verify.load import TrafficSpec
 
 if TYPE_CHECKING:
     from xci_cn.k8s.manifests import ManifestSet
@@ -38,7 +40,7 @@ def _key(options: DeployOptions) -> tuple[tuple[str, ...], str | None]:
     return (tuple(options.manifests), options.namespace)
 
 
-class DeployOptions(StageOptions):
+class DeployOptions(RoutingOptions):
     manifests: list[str] = Field(min_length=1, description="Files or directories of multi-document YAML.")
     namespace: str | None = Field(default=None, description="Namespace for objects that name none; created "
                                                             "(and recorded as created) when it does not exist.")
@@ -62,6 +64,9 @@ class DeployOptions(StageOptions):
     timeout: Duration = Field(default=300.0, description="Deadline for the graph to become healthy.")
     analysis: AnalysisSpec | None = Field(default=None, description="Metric analysis between canary "
                                                                     "steps (and after a blue/green switch).")
+    traffic: TrafficSpec | None = Field(default=None, description="Load sent through the Gateway from "
+                                                                  "the first step on, while the rollout is "
+                                                                  "analysed (recorded in the outputs).")
 
     @field_validator("steps")
     @classmethod
@@ -115,7 +120,6 @@ class DeployStage:
 
     def run(self, ctx: StageContext, options: DeployOptions) -> dict[str, Any]:
         from xci_cn.k8s.client import connect
-        from xci_cn.k8s.istio import RolloutTarget
         from xci_cn.k8s.resources import Resources
         from xci_cn.k8s.strategies import bluegreen, canary, rolling
         from xci_cn.k8s.strategies.base import DeployPlan, Engine
@@ -125,18 +129,25 @@ class DeployStage:
         target = None
         if options.strategy != "rolling":
             assert options.namespace and options.service
-            target = RolloutTarget.of(options.namespace, options.service, options.host, options.app)
+            target = rollout_target(options.router, options.namespace, options.service, options.host,
+                                    options.app, options.route, options.backends)
         plan = DeployPlan(manifests, options.strategy, target, options.stable, options.canary,
                           list(options.steps), options.mirror, options.timeout, options.namespace)
         cluster = connect(kubeconfig)
+        traffic = StepTraffic(ctx, options)
         try:
             engine = Engine(Resources(cluster, ctx.cancel), ctx.log, ctx.cancel, ctx.report_progress)
             strategy = {"rolling": rolling, "bluegreen": bluegreen, "canary": canary}[options.strategy]
-            hook = self.step_hook(ctx, options)
+            hook = traffic.around(self.step_hook(ctx, options))
             record = strategy.run(engine, plan, hook)
+        except StageFailed as exc:
+            traffic.stop_into(exc.outputs)
+            raise
         finally:
             cluster.close()
+            traffic.stop_into(None)
         outputs = record.as_outputs()
+        traffic.stop_into(outputs)
         outputs.update({"strategy": options.strategy, "namespace": options.namespace,
                         "service": options.service, "kubeconfig_used": kubeconfig})
         return outputs
@@ -153,7 +164,8 @@ class DeployStage:
             return pause
         from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
 
-        spec = options.analysis
+        spec = for_router(options.analysis, options.router, options.backends)
+        prometheus = provisioned_url(ctx, "prometheus_url")
         assert options.service and options.namespace and options.canary
 
         def analyse(step: dict[str, Any]) -> None:
@@ -161,7 +173,7 @@ class DeployStage:
                 step["analysis"] = judge_step(spec, service=options.service or "",
                                               namespace=options.namespace or "", canary=options.canary or "",
                                               baseline=options.stable, sleep=ctx.sleep, log=ctx.log,
-                                              progress=ctx.report_progress)
+                                              progress=ctx.report_progress, prometheus=prometheus)
             except (AnalysisFailed, AnalysisPaused) as exc:
                 step["analysis"] = exc.record
                 raise

@@ -77,7 +77,11 @@ class ProvisionStage:
         for note in result.notes:
             ctx.log.info("%s", note)
         outputs = self._check_cluster(ctx, kubeconfig, options.istio)
-        outputs.update({"installer": "sandbox", "action": "up", "sandbox": name,
+        info = result.sandbox.info()
+        # Where the run's traffic enters and what later stages query by default.
+        services = {f"{key}_url": f"http://127.0.0.1:{info[f'{key}_port']}"
+                    for key in ("gateway", "prometheus", "traefik_api") if info.get(f"{key}_port")}
+        outputs.update({"installer": "sandbox", "action": "up", "sandbox": name, **services,
                         "reused": result.reused, "sandbox_kubeconfig": str(result.sandbox.kubeconfig)})
         return outputs
 

@@ -13,7 +13,9 @@ from pydantic import Field
 
 from xci_cn.errors import InvalidInput, StageFailed
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
+from xci_cn.stages.common import RoutingOptions, for_router, on_gateway, provisioned_url, rollout_target, start_load
 from xci_cn.verify.analysis import INCONCLUSIVE, AnalysisSpec
+from xci_cn.verify.load import TrafficSpec
 from xci_cn.verify.platform import PlatformCheck
 from xci_cn.verify.probes import HttpCheck, SplitCheck
 from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
@@ -33,11 +35,13 @@ CheckSpec = Annotated[PlatformCheck | MeshCheck | HttpCheck | SplitCheck | Analy
                       Field(discriminator="type")]
 
 
-class VerifyOptions(StageOptions):
+class VerifyOptions(RoutingOptions):
     namespace: str | None = Field(default=None, description="Namespace of the service graph.")
     service: str | None = Field(default=None, description="VirtualService of the rollout (split weights, "
                                                           "analysis versions).")
     checks: list[CheckSpec] = Field(min_length=1, description="Checks, run in order.")
+    traffic: TrafficSpec | None = Field(default=None, description="Load sent through the Gateway while "
+                                                                  "the checks run (recorded in the outputs).")
 
 
 class VerifyStage:
@@ -71,9 +75,17 @@ class VerifyStage:
                 opened.append(Resources(self._connect(ctx), ctx.cancel))
             return opened[0]
 
+        load = None
         try:
+            if options.traffic is not None:
+                if options.router == "gateway-api" and options.service:
+                    # Load before the proxy serves the route would meet 404s.
+                    router = self._router(options, resources(), options.service)
+                    self._wait_served(ctx, options, router, router.weights())
+                load = start_load(ctx, options.traffic)
             for check in options.checks:
                 ctx.raise_if_cancelled()
+                check = on_gateway(ctx, check)
                 if isinstance(check, HttpCheck):
                     from xci_cn.verify.probes import run_http
 
@@ -102,6 +114,11 @@ class VerifyStage:
         finally:
             for handle in opened:
                 handle.cluster.close()
+            if load is not None:
+                record = load.stop()
+                outputs["traffic"] = record.as_dict()
+                if record.shortfall:
+                    ctx.check("traffic rate", False, record.shortfall)
         return outputs
 
     @staticmethod
@@ -127,21 +144,37 @@ class VerifyStage:
         return connect(require_kubeconfig(ctx))
 
     def _router(self, options: VerifyOptions, resources: Any, service: str | None) -> Any:
-        from xci_cn.k8s.istio import RolloutTarget, Router
+        from xci_cn.k8s.gateway import open_router
 
         if not (service and options.namespace):
             raise InvalidInput("this check needs the stage's `namespace` and `service`")
-        return Router(resources, RolloutTarget.of(options.namespace, service))
+        return open_router(resources, rollout_target(options.router, options.namespace, service,
+                                                     route=options.route, backends=options.backends))
 
     def _split(self, ctx: StageContext, options: VerifyOptions, check: SplitCheck, resources: Any) -> None:
         from xci_cn.verify.probes import run_split
 
         expected = check.weights
+        router = None
         if expected is None:
             router = self._router(options, resources(), check.service or options.service)
             expected = {k: float(v) for k, v in router.weights().items()}
+        if router is not None:
+            # Measure what is stored only once the proxy serves it.
+            self._wait_served(ctx, options, router, {v: int(w) for v, w in expected.items()})
         probe = run_split(check, expected)
         ctx.check(probe.name, probe.passed, probe.message, **probe.details)
+
+    def _wait_served(self, ctx: StageContext, options: VerifyOptions, router: Any, weights: dict[str, int]
+                     ) -> None:
+        """On the sandbox (whose proxy has an API): wait until it serves ``weights``."""
+        proxy_api = provisioned_url(ctx, "traefik_api_url")
+        if options.router != "gateway-api" or not proxy_api:
+            return
+        from xci_cn.verify.dataplane import wait_served
+
+        wait_served(proxy_api, router.target.namespace, router.target.route,
+                    {v: router.target.backend(v) for v in weights}, weights, sleep=ctx.sleep)
 
     def _analysis(self, ctx: StageContext, options: VerifyOptions, check: AnalysisCheck,
                   resources: Any) -> dict[str, Any]:
@@ -162,8 +195,10 @@ class VerifyStage:
         assert service and namespace
         name = f"analysis {service} {canary}"
         try:
-            record = judge_step(check, service=service, namespace=namespace, canary=canary, baseline=baseline,
-                                sleep=ctx.sleep, log=ctx.log, progress=ctx.report_progress)
+            record = judge_step(for_router(check, options.router, options.backends), service=service,
+                                namespace=namespace, canary=canary, baseline=baseline, sleep=ctx.sleep,
+                                log=ctx.log, progress=ctx.report_progress,
+                                prometheus=provisioned_url(ctx, "prometheus_url"))
         except AnalysisFailed as exc:
             ctx.check(name, False, str(exc), verdict=exc.record["verdict"])
             if check.rollback and router is not None:

@@ -36,6 +36,16 @@ QUERIES = {
     "latency-p99": ("histogram_quantile(0.99, sum by (le) "
                     f"(rate(istio_request_duration_milliseconds_bucket{{{_ISTIO}}}[$window])))"),
 }
+# The proxy's own request metrics per backend Service (Traefik names it
+# <namespace>-<service>-http-<port>@kubernetesgateway); latency in ms like Istio's.
+_GATEWAY = 'service=~"$namespace-$backend-http-[0-9]+@kubernetesgateway"'
+GATEWAY_QUERIES = {
+    "success-rate": (f'sum(rate(traefik_service_requests_total{{{_GATEWAY},code!~"5.."}}[$window]))'
+                     f' / sum(rate(traefik_service_requests_total{{{_GATEWAY}}}[$window]))'),
+    "latency-p99": ("1000 * histogram_quantile(0.99, sum by (le) "
+                    f"(rate(traefik_service_request_duration_seconds_bucket{{{_GATEWAY}}}[$window])))"),
+}
+PROFILES = {"istio": QUERIES, "gateway": GATEWAY_QUERIES}
 DEFAULT_OPS = {"success-rate": ">=", "latency-p99": "<="}
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -48,9 +58,10 @@ class MetricSpec(BaseModel):
 
     name: str = Field(description="Name shown in verdicts and reports.")
     type: Literal["success-rate", "latency-p99", "query"] = Field(
-        default="query", description="Istio request success rate, Istio p99 latency (ms), or own PromQL.")
+        default="query", description="Request success rate, p99 latency (ms) — from the analysis' metric "
+                                     "profile — or own PromQL.")
     query: str | None = Field(default=None, description="PromQL for type query; $service, $namespace, "
-                                                         "$version and $window are substituted.")
+                                                         "$version, $backend and $window are substituted.")
     threshold: float = Field(description="The limit the canary's value must keep.")
     op: Literal[">=", "<=", ">", "<"] | None = Field(
         default=None, description="How value compares to threshold (default: >= for success-rate, "
@@ -71,10 +82,14 @@ class MetricSpec(BaseModel):
     def comparison(self) -> str:
         return self.op or DEFAULT_OPS[self.type]
 
-    def promql(self, service: str, namespace: str, version: str, window: float) -> str:
-        template = self.query if self.type == "query" else QUERIES[self.type]
+    def promql(self, service: str, namespace: str, version: str, window: float, profile: str = "istio",
+               backend: str | None = None) -> str:
+        """The query for ``version``; ``backend`` is its Service (gateway
+        profile, default ``<service>-<version>``)."""
+        template = self.query if self.type == "query" else PROFILES[profile][self.type]
         return Template(template or "").safe_substitute(
-            service=service, namespace=namespace, version=version, window=f"{int(max(window, 1))}s")
+            service=service, namespace=namespace, version=version, window=f"{int(max(window, 1))}s",
+            backend=backend or f"{service}-{version}")
 
 
 def default_metrics() -> list[MetricSpec]:
@@ -101,6 +116,13 @@ class AnalysisSpec(BaseModel):
     error_limit: int = Field(default=4, ge=1, le=100, description="Consecutive measurements that could not be "
                                                           "taken (Prometheus down) before Error.")
     window: Duration = Field(default=60.0, description="Range of rate() in the built-in queries.")
+    profile: Literal["istio", "gateway"] | None = Field(
+        default=None, description="Built-in queries: istio (istio_requests_total) or gateway (the proxy's "
+                                  "own request metrics per backend Service); default: follows the router "
+                                  "(gateway-api: gateway).")
+    backends: dict[str, str] | None = Field(
+        default=None, description="Version -> backend Service for the gateway profile (default: the "
+                                  "router's, else <service>-<version>).")
     inconclusive: Literal["pause", "fail", "pass"] = Field(
         default="pause", description="What an Inconclusive verdict does to a rollout.")
     metrics: list[MetricSpec] = Field(default_factory=default_metrics, min_length=1,
@@ -156,8 +178,10 @@ def measure(prom: Prometheus, spec: AnalysisSpec, service: str, namespace: str, 
     """One round: every metric of the canary (and of the baseline where a
     relative limit is set)."""
     results: list[MetricResult] = []
+    profile = spec.profile or "istio"
+    backends = spec.backends or {}
     for metric in spec.metrics:
-        query = metric.promql(service, namespace, canary, spec.window)
+        query = metric.promql(service, namespace, canary, spec.window, profile, backends.get(canary))
         got = prom.query(query)
         op = metric.comparison()
         if got.error:
@@ -176,7 +200,8 @@ def measure(prom: Prometheus, spec: AnalysisSpec, service: str, namespace: str, 
         rule = f"{metric.name} of {canary} = {_fmt(got.value)} must be {op} {metric.threshold:g}"
         base_value = None
         if ok and metric.max_vs_baseline and baseline:
-            base = prom.query(metric.promql(service, namespace, baseline, spec.window))
+            base = prom.query(metric.promql(service, namespace, baseline, spec.window, profile,
+                                            backends.get(baseline)))
             base_value = base.value
             if base.error or base.value is None:
                 verdict = ERROR if base.error else (FAILED if metric.no_data == "fail" else INCONCLUSIVE)

@@ -31,19 +31,22 @@ class AnalysisPaused(RolloutPaused):
         super().__init__(f"analysis Inconclusive: {reason} (policy: pause)")
 
 
-def prometheus_url(spec: AnalysisSpec) -> str:
-    url = spec.prometheus or settings.current().prometheus_url
+def prometheus_url(spec: AnalysisSpec, provisioned: str | None = None) -> str:
+    """The spec's ``prometheus``, else the one a provision stage brought up
+    (the sandbox's), else $XCI_CN_PROMETHEUS_URL."""
+    url = spec.prometheus or provisioned or settings.current().prometheus_url
     if not url:
-        raise InvalidInput("analysis needs Prometheus: set `prometheus` or $XCI_CN_PROMETHEUS_URL")
+        raise InvalidInput("analysis needs Prometheus: set `prometheus` or $XCI_CN_PROMETHEUS_URL "
+                           "(the sandbox provides its own)")
     return url
 
 
 def judge_step(spec: AnalysisSpec, *, service: str, namespace: str, canary: str, baseline: str | None,
                sleep: Callable[[float], None], log: logging.Logger,
-               progress: Callable[[str], None]) -> dict[str, Any]:
+               progress: Callable[[str], None], prometheus: str | None = None) -> dict[str, Any]:
     """Analyse one step; the record when good enough, else AnalysisFailed or
     AnalysisPaused. ``sleep`` must wake up (raise) on cancel."""
-    prom = Prometheus(prometheus_url(spec))
+    prom = Prometheus(prometheus_url(spec, prometheus))
     try:
         result = analyse(prom, spec, service=spec.service or service, namespace=spec.namespace or namespace,
                          canary=spec.canary or canary, baseline=spec.baseline or baseline, sleep=sleep,

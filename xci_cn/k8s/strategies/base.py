@@ -12,6 +12,7 @@ from typing import Any
 
 from xci_cn.errors import PermanentError, RolloutPaused, ScenarioError, StageFailed, TemporaryError, raise_if_set
 from xci_cn.k8s.apply import Applied, Applier
+from xci_cn.k8s.gateway import GatewayRouter, open_router
 from xci_cn.k8s.health import Target, explain, needs_waiting, wait_healthy
 from xci_cn.k8s.istio import RolloutTarget, Router
 from xci_cn.k8s.manifests import ManifestSet
@@ -57,15 +58,19 @@ class DeployRecord:
 
 def start_traffic_rollout(engine: Engine, plan: DeployPlan) -> tuple[DeployRecord, Any]:
     """Apply and wait, then check the routing objects bluegreen and canary move
-    traffic through: (record, Router)."""
+    traffic through: (record, router) — Istio's or the Gateway API's."""
     assert plan.target and plan.stable and plan.canary
     record = DeployRecord()
-    router = Router(engine.resources, plan.target)
-    problems = router.plan_problems(plan.manifests, plan.stable, plan.canary)
-    if problems:  # found before anything is applied, not after the graph was waited healthy
-        raise ScenarioError(problems)
+    router = open_router(engine.resources, plan.target)
+    if isinstance(router, Router):
+        problems = router.plan_problems(plan.manifests, plan.stable, plan.canary)
+        if problems:  # found before anything is applied, not after the graph was waited healthy
+            raise ScenarioError(problems)
     engine.apply_and_wait(plan.manifests, plan.timeout, record, plan.namespace)
-    router.require_subsets(plan.stable, plan.canary)
+    if isinstance(router, GatewayRouter):
+        router.require_subsets(plan.stable, plan.canary, mirror=bool(plan.mirror))
+    else:
+        router.require_subsets(plan.stable, plan.canary)
     return record, router
 
 
@@ -90,8 +95,9 @@ def run_step_hook(hook: StepHook | None, step: dict[str, Any], router: Any, stat
         router.set_weights(step["weights"], state, mirror)  # records the phase; weights stay
         record.rollout = state.as_dict()
         target = router.target
+        via = " --router gateway-api" if isinstance(router, GatewayRouter) else ""
         raise RolloutPaused(f"{where('paused')}: {exc}; decide with 'xci-cn rollout "
-                            f"promote|rollback -n {target.namespace} --service {target.service}'",
+                            f"promote|rollback -n {target.namespace} --service {target.service}{via}'",
                             record.as_outputs()) from None
 
 

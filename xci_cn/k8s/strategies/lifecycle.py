@@ -1,6 +1,6 @@
 """Promote and rollback, shared by the strategies, the ``rollout`` stage
 type and ``xci-cn rollout``. A rollback always ends with a read-back of the
-stored VirtualService and DestinationRule."""
+stored routing: the VirtualService and DestinationRule, or the HTTPRoute."""
 
 from __future__ import annotations
 
@@ -9,19 +9,20 @@ from typing import Any
 
 from xci_cn.errors import InvalidInput, PermanentError
 from xci_cn.k8s.client import connect
-from xci_cn.k8s.istio import RolloutState, RolloutTarget, Router, now_iso
+from xci_cn.k8s.gateway import GatewayRouter, open_router, rollout_target
+from xci_cn.k8s.istio import RolloutState, Router, now_iso
 from xci_cn.k8s.resources import Resources
 
 
-def _state(router: Router) -> RolloutState:
+def _state(router: Router | GatewayRouter) -> RolloutState:
     state = router.state()
     if state is None:
-        raise InvalidInput(f"VirtualService {router.target.namespace}/{router.target.service} has no "
-                           "rollout recorded by xci-cn: nothing to promote or roll back")
+        where = getattr(router, "name", f"VirtualService {router.target.namespace}/{router.target.service}")
+        raise InvalidInput(f"{where} has no rollout recorded by xci-cn: nothing to promote or roll back")
     return state
 
 
-def rollback(router: Router, reason: str = "") -> dict[str, Any]:
+def rollback(router: Router | GatewayRouter, reason: str = "") -> dict[str, Any]:
     """All traffic back to the stable version, canary scaled to 0, then read
     the stored objects back and fail if the stable version lacks any traffic."""
     state = _state(router)
@@ -41,7 +42,7 @@ def rollback(router: Router, reason: str = "") -> dict[str, Any]:
             "read_back": {"weights": router.weights(), "ok": True}, "scaled_down": scaled, "step": step}
 
 
-def promote(router: Router) -> dict[str, Any]:
+def promote(router: Router | GatewayRouter) -> dict[str, Any]:
     """The canary becomes the stable version with all traffic; the old
     version is scaled to 0 (kept for the record, not serving)."""
     state = _state(router)
@@ -62,24 +63,31 @@ def promote(router: Router) -> dict[str, Any]:
             "step": step}
 
 
-def status(router: Router) -> dict[str, Any]:
+def status(router: Router | GatewayRouter) -> dict[str, Any]:
     state = router.state()
-    return {"service": router.target.service, "namespace": router.target.namespace,
-            "host": router.target.host, "weights": router.weights(),
-            "rollout": state.as_dict() if state else None}
+    out = {"service": router.target.service, "namespace": router.target.namespace,
+           "host": router.target.host, "weights": router.weights(),
+           "rollout": state.as_dict() if state else None}
+    if isinstance(router, GatewayRouter):
+        out.update({"router": "gateway-api", "route": router.name})
+    return out
 
 
 def run(kubeconfig: str, action: str, namespace: str, service: str, host: str | None = None,
-        app: str | None = None, reason: str = "", cancel: threading.Event | None = None) -> dict[str, Any]:
+        app: str | None = None, reason: str = "", cancel: threading.Event | None = None,
+        router: str = "istio", route: str | None = None,
+        backends: dict[str, str] | None = None) -> dict[str, Any]:
     """``promote``, ``rollback`` or ``status`` of one service's rollout in the
-    cluster of ``kubeconfig`` (the rollout stage and ``xci-cn rollout``)."""
+    cluster of ``kubeconfig`` (the rollout stage and ``xci-cn rollout``),
+    through Istio's VirtualService or the Gateway API's HTTPRoute."""
     cluster = connect(kubeconfig)
     try:
-        router = Router(Resources(cluster, cancel), RolloutTarget.of(namespace, service, host, app))
+        opened = open_router(Resources(cluster, cancel),
+                             rollout_target(router, namespace, service, host, app, route, backends))
         if action == "promote":
-            return promote(router)
+            return promote(opened)
         if action == "rollback":
-            return rollback(router, reason or "requested")
-        return status(router)
+            return rollback(opened, reason or "requested")
+        return status(opened)
     finally:
         cluster.close()

@@ -1,0 +1,260 @@
+"""Real requests through the sandbox's Gateway: Traefik routes by the stored
+HTTPRoute weights, Prometheus scrapes its per-backend metrics, vegeta loads
+the canary while the analysis judges it, and a canary whose answers fail is
+rolled back on those failures.
+
+The backends are HTTP servers of the tests on an address of their own (a
+bridge the tests create and delete), because the API server refuses
+loopback addresses in EndpointSlices; the sandbox's real pods reach the
+Gateway the same way, by routable pod IPs.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import cli, write_scenario
+from tests.test_deploy import kubectl
+
+
+class VersionServer:
+    """Answers as one version (header x-version); fails every n-th request
+    with 500 when ``fail_every`` is set."""
+
+    def __init__(self, address: str, version: str):
+        self.version = version
+        self.fail_every = 0
+        self.count = 0
+        lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                with lock:
+                    owner.count += 1
+                    failing = owner.fail_every and owner.count % owner.fail_every == 0
+                body = f"hello from http-lb {owner.version}\n".encode()
+                self.send_response(500 if failing else 200)
+                self.send_header("x-version", owner.version)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((address, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[dict[str, VersionServer]]:
+    """v1 and v2 servers on a bridge address of this test session's own."""
+    name = f"xcit{os.getpid() % 100000}"
+    address = f"10.213.{os.getpid() % 250}.1"
+    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+    servers: dict[str, VersionServer] = {}
+    try:
+        subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", name], check=True)
+        subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        servers = {v: VersionServer(address, v) for v in ("v1", "v2")}
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+        subprocess.run(["ip", "link", "del", name], check=True)
+
+
+def graph(tmp_path: Path, backends: dict[str, VersionServer], weights: tuple[int, int] = (100, 0)
+          ) -> tuple[Path, str]:
+    """A namespace with the two versions' Services (their endpoints: the
+    servers) and the HTTPRoute on the sandbox's Gateway."""
+    namespace = f"gw-{uuid.uuid4().hex[:6]}"
+    address = backends["v1"].server.server_address[0]
+    docs = [f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n"]
+    for version, server in backends.items():
+        docs.append(f"""apiVersion: v1
+kind: Service
+metadata: {{name: http-lb-{version}, namespace: {namespace}}}
+spec:
+  ports: [{{name: http, port: 9180, targetPort: {server.port}}}]
+""")
+        docs.append(f"""apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: http-lb-{version}-test
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: http-lb-{version}}}
+addressType: IPv4
+ports: [{{name: http, port: {server.port}, protocol: TCP}}]
+endpoints: [{{addresses: ["{address}"], conditions: {{ready: true}}}}]
+""")
+    docs.append(f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: http-lb, namespace: {namespace}}}
+spec:
+  parentRefs: [{{name: edge, namespace: xci-gateway}}]
+  rules:
+    # A path of this test's own: the routes of all tests share the Gateway.
+    - matches: [{{path: {{type: PathPrefix, value: /{namespace}}}}}]
+      backendRefs:
+        - {{name: http-lb-v1, port: 9180, weight: {weights[0]}}}
+        - {{name: http-lb-v2, port: 9180, weight: {weights[1]}}}
+""")
+    directory = tmp_path / "graph"
+    directory.mkdir()
+    (directory / "graph.yaml").write_text("---\n".join(docs))
+    return directory, namespace
+
+
+def run_on_sandbox(tmp_path: Path, sandbox: dict, stages: str) -> tuple[int, dict, str]:
+    write_scenario(tmp_path, f"""name: gateway-traffic
+installer: sandbox
+stages:
+  - name: provision
+    type: provision
+    with: {{reuse: true}}
+{stages}""", "s.yaml")
+    proc = cli("run", "--scenario", "s.yaml", "--flavor", "mini", "--sandbox-name", sandbox["name"],
+               "--results-dir", "R", cwd=tmp_path, timeout=300)
+    path = tmp_path / "R" / "summary.json"
+    return proc.returncode, json.loads(path.read_text()) if path.exists() else {}, proc.stdout + proc.stderr
+
+
+def stage(summary: dict, name: str) -> dict:
+    return next(s for s in summary["stages"] if s["name"] == name)
+
+
+ANALYSIS = """analysis:
+        interval: 3s
+        count: 2
+        window: 6s
+        inconclusive: fail
+        metrics:
+          - {name: success, type: success-rate, threshold: 0.95, no_data: fail}
+          - {name: p99, type: latency-p99, threshold: 500, no_data: skip}"""
+
+
+def test_split_probe_measures_the_route_weights_on_real_requests(sandbox: dict, tmp_path: Path,
+                                                                 backends: dict) -> None:
+    manifests, namespace = graph(tmp_path, backends, (80, 20))
+    code, summary, out = run_on_sandbox(tmp_path, sandbox, f"""  - name: deploy
+    type: deploy
+    needs: [provision]
+    with: {{manifests: ["{manifests}"], namespace: {namespace}}}
+  - name: verify
+    type: verify
+    needs: [deploy]
+    with:
+      namespace: {namespace}
+      service: http-lb
+      router: gateway-api
+      traffic: {{rate: 50, path: /{namespace}/}}
+      checks:
+        - {{type: split, url: /{namespace}/, requests: 500, tolerance: 5}}
+""")
+    assert code == 0, out
+    verify = stage(summary, "verify")
+    split = verify["checks"][0]
+    assert split["passed"], split
+    observed = split["details"]["observed"]
+    assert abs(observed["v1"] - 80) <= 5 and abs(observed["v2"] - 20) <= 5, observed
+    traffic = verify["outputs"]["traffic"]
+    assert traffic["requests"] > 0 and set(traffic["codes"]) == {"200"}
+    assert set(traffic["versions"]) == {"v1", "v2"} and traffic["latency_ms"]["p99"] > 0
+
+
+def test_canary_on_real_traffic_judged_by_the_proxy_metrics(sandbox: dict, tmp_path: Path,
+                                                            backends: dict) -> None:
+    manifests, namespace = graph(tmp_path, backends)
+    code, summary, out = run_on_sandbox(tmp_path, sandbox, f"""  - name: deploy
+    type: deploy
+    needs: [provision]
+    with:
+      manifests: ["{manifests}"]
+      namespace: {namespace}
+      strategy: canary
+      router: gateway-api
+      service: http-lb
+      stable: v1
+      canary: v2
+      steps: [25, 100]
+      traffic: {{rate: 40, path: /{namespace}/}}
+      {ANALYSIS}
+""")
+    assert code == 0, out
+    outputs = stage(summary, "deploy")["outputs"]
+    steps = outputs["steps"]
+    assert [s["analysis"]["verdict"] for s in steps] == ["Successful", "Successful"]
+    success = steps[0]["analysis"]["metrics"][0]
+    assert success["name"] == "success" and success["value"] == 1.0
+    assert "traefik_service_requests_total" in steps[0]["analysis"]["measurements"][0]["metrics"][0]["query"]
+    assert all(s["served_after_s"] >= 0 for s in steps)
+    assert abs(steps[0]["measured"]["v2"] - 25) <= 10, steps[0]
+    assert steps[1]["measured"] == {"v2": 100.0}
+    traffic = outputs["traffic"]
+    assert traffic["codes"] == {"200": traffic["requests"]} and traffic["rate_asked"] == 40
+
+
+def test_bad_canary_is_rolled_back_on_its_failing_requests(sandbox: dict, tmp_path: Path,
+                                                           backends: dict) -> None:
+    backends["v2"].fail_every = 2  # half of v2's answers are 500
+    try:
+        manifests, namespace = graph(tmp_path, backends)
+        code, summary, out = run_on_sandbox(tmp_path, sandbox, f"""  - name: deploy
+    type: deploy
+    needs: [provision]
+    with:
+      manifests: ["{manifests}"]
+      namespace: {namespace}
+      strategy: canary
+      router: gateway-api
+      service: http-lb
+      stable: v1
+      canary: v2
+      steps: [25, 50, 100]
+      traffic: {{rate: 40, path: /{namespace}/}}
+      {ANALYSIS}
+  - name: after-rollback
+    type: verify
+    needs: [deploy]
+    always: true
+    with:
+      namespace: {namespace}
+      service: http-lb
+      router: gateway-api
+      checks:
+        - {{type: split, url: /{namespace}/, requests: 500, tolerance: 5}}
+""")
+    finally:
+        backends["v2"].fail_every = 0
+    assert code == 1, out
+    deploy = stage(summary, "deploy")
+    assert "canary v2 rolled back at step 1 (25%): analysis Failed: 1 failed measurement(s) (limit 1): " \
+           "success of v2 = " in deploy["error"]
+    steps = deploy["outputs"]["steps"]
+    assert [s["action"] for s in steps] == ["shift", "rollback"]
+    assert deploy["outputs"]["rollout"]["read_back"] == {"weights": {"v1": 100}, "ok": True}
+    assert deploy["outputs"]["traffic"]["codes"]["500"] > 0
+    rule = json.loads(kubectl(sandbox, "get", "httproute", "http-lb", "-n", namespace, "-o", "json"))
+    assert [(r["name"], r["weight"]) for r in rule["spec"]["rules"][0]["backendRefs"]] == [("http-lb-v1", 100)]
+    split = stage(summary, "after-rollback")["checks"][0]
+    assert split["passed"] and split["details"]["observed"] == {"v1": 100.0}, split

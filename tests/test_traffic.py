@@ -1,0 +1,133 @@
+"""The sandbox's data plane and metrics, and the load generator: Traefik
+serves the Gateway on loopback, Prometheus scrapes it, vegeta sends at the
+asked rate and records what came back."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+
+from tests.helpers import cli, write_scenario
+from tests.meshmetrics import version_servers
+from tests.test_deploy import kubectl
+from xci_cn.sandbox.binaries import cached_tool
+from xci_cn.verify.load import MAX_RATE, Load, TrafficSpec
+
+
+def _until(what: str, probe, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not seen in {timeout:g}s (last: {last!r})")
+
+
+def test_sandbox_serves_the_gateway_and_prometheus_scrapes_the_proxy(sandbox: dict) -> None:
+    report = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)
+    gateway, prometheus = urlparse(report["gateway_url"]), urlparse(report["prometheus_url"])
+    assert gateway.hostname == prometheus.hostname == "127.0.0.1"
+    assert {"traefik", "prometheus"} <= set(report["components"])
+    assert all(c["established"] for c in report["gateway_api_crds"])
+    assert {c["name"] for c in report["gateway_api_crds"]} >= {
+        "httproutes.gateway.networking.k8s.io", "gateways.gateway.networking.k8s.io"}
+
+    def accepted() -> bool:
+        stored = json.loads(kubectl(sandbox, "get", "gateway", "edge", "-n", "xci-gateway", "-o", "json"))
+        conditions = {c["type"]: c["status"] for c in stored.get("status", {}).get("conditions", [])}
+        return conditions.get("Accepted") == "True" and conditions.get("Programmed") == "True"
+
+    _until("the Gateway accepted by Traefik", accepted)
+    stored = json.loads(kubectl(sandbox, "get", "gateway", "edge", "-n", "xci-gateway", "-o", "json"))
+    assert stored["spec"]["listeners"][0]["port"] == gateway.port
+    assert stored["status"]["addresses"] == [{"type": "IPAddress", "value": "127.0.0.1"}]
+    # Nothing routes yet: the proxy answers 404 itself, on the Gateway's port.
+    assert requests.get(report["gateway_url"] + "/nothing-here", timeout=5).status_code == 404
+
+    def scraped() -> list:
+        targets = requests.get(report["prometheus_url"] + "/api/v1/targets", timeout=5).json()
+        return [t for t in targets["data"]["activeTargets"]
+                if t["labels"]["job"] == "gateway" and t["health"] == "up"]
+
+    _until("the proxy scraped by Prometheus", scraped)
+    body = requests.get(report["prometheus_url"] + "/api/v1/query",
+                        params={"query": 'traefik_config_reloads_total{job="gateway"}'}, timeout=5).json()
+    assert float(body["data"]["result"][0]["value"][1]) >= 1
+
+
+def test_load_generator_sends_the_asked_rate_and_records_the_answers(tmp_path: Path) -> None:
+    with version_servers({"v1": 80, "v2": 20}) as urls:
+        spec = TrafficSpec(url=urls["base"], path="/mesh", rate=100, duration=3)
+        load = Load(cached_tool("vegeta"), spec, None, tmp_path).start()
+        load.process.wait(timeout=30)
+        record = load.stop()
+    assert 290 <= record.requests <= 301, record.as_dict()
+    assert abs(record.rate_sent - 100) <= 5 and record.shortfall is None
+    assert record.codes == {"200": record.requests}
+    assert set(record.versions) == {"v1", "v2"} and sum(record.versions.values()) == record.requests
+    assert 0.7 <= record.versions["v1"] / record.requests <= 0.9
+    assert 0 < record.latency_ms["p50"] <= record.latency_ms["p99"] <= record.latency_ms["max"]
+    assert [b["t"] for b in record.per_second] == [0, 1, 2]
+    assert sum(b["requests"] for b in record.per_second) == record.requests
+
+
+@contextmanager
+def _slow_server(delay: float) -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_rate_that_cannot_be_sent_is_reported_not_hidden(tmp_path: Path) -> None:
+    # Two requests in flight at 200 ms each: at most 10/s of the 50/s asked.
+    with _slow_server(0.2) as url:
+        spec = TrafficSpec(url=url, rate=50, duration=3, max_in_flight=2)
+        load = Load(cached_tool("vegeta"), spec, None, tmp_path).start()
+        load.process.wait(timeout=30)
+        record = load.stop()
+    assert record.rate_sent < 15, record.as_dict()
+    assert record.shortfall == (f"traffic: asked 50/s, the load generator sent {record.rate_sent:.0f}/s on "
+                                "this machine; lower `rate`")
+
+
+def test_a_rate_above_the_ceiling_is_refused_when_the_scenario_loads(tmp_path: Path) -> None:
+    write_scenario(tmp_path, f"""name: t
+installer: existing
+stages:
+  - name: verify
+    type: verify
+    with:
+      checks: [{{type: http, url: "http://127.0.0.1:1/"}}]
+      traffic: {{rate: {MAX_RATE * 10}}}
+""", "s.yaml")
+    proc = cli("validate", "s.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"xci-cn: s.yaml:8: stages[0].with.traffic.rate: input should be less than or equal to "
+                     f"{MAX_RATE} (got {MAX_RATE * 10})"], proc.stderr
