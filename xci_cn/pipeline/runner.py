@@ -353,7 +353,8 @@ class Runner:
                 record.invalid_input = ctx.invalid_input
                 record.environment_problem = ctx.environment_problem
                 record.checks = [
-                    {"name": c.name, "passed": c.passed, "message": c.message, "details": c.details}
+                    {"name": c.name, "passed": c.passed, "message": c.message, "details": c.details,
+                     "blocking": c.blocking, "skipped": c.skipped}
                     for c in ctx.checks
                 ]
                 if error is None:
@@ -414,7 +415,7 @@ class Runner:
             return timed_out, True, {}
         exc = box.get("exc")
         if exc is None:
-            failed = [c for c in ctx.checks if not c.passed]
+            failed = [c for c in ctx.checks if not c.passed and c.blocking]
             if failed:
                 names = ", ".join(c.name for c in failed)
                 return f"{len(failed)} check(s) failed: {names}", False, box.get("outputs", {})

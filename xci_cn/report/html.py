@@ -23,6 +23,7 @@ from xci_cn.report.charts import (
     NARROW,
     STATUS_COLOURS,
     WIDE,
+    counts_svg,
     metric_series,
     metric_svg,
     number,
@@ -256,7 +257,8 @@ def _checks(stages: list[dict[str, Any]]) -> str:
     failed = sum(check.get("passed") is False for _, check in checks)
     rows = []
     for stage, check in checks:
-        verdict = {True: "passed", False: "failed"}.get(check.get("passed"), "unknown")
+        verdict = "skipped" if check.get("skipped") else \
+            {True: "passed", False: "failed"}.get(check.get("passed"), "unknown")
         details = check.get("details")
         details_html = ""
         if details:
@@ -267,6 +269,33 @@ def _checks(stages: list[dict[str, Any]]) -> str:
             _e(check.get("message") or "") + details_html]))
     return (f'<section class="checks"><h2>Checks: {failed} failed of {len(checks)}</h2>'
             + _table("checks", ["Verdict", "Stage", "Check", "Message"], rows) + "</section>")
+
+
+def _cnf(stage: dict[str, Any]) -> str:
+    """The cnf check's verdicts: per category passed/failed/skipped drawn as
+    a bar, the score, and each rule's status."""
+    outputs = stage.get("outputs") if isinstance(stage.get("outputs"), dict) else {}
+    sections = []
+    for result in outputs.get("cnf") or []:
+        if not isinstance(result, dict) or not isinstance(result.get("categories"), dict):
+            continue
+        bars = "".join(f"<h3>{_e(name.capitalize())}: {_e(_percent(counts.get('score')))}</h3>"
+                       + _responsive(lambda width, counts=counts: counts_svg(counts, width))
+                       for name, counts in result["categories"].items() if isinstance(counts, dict))
+        rows = [(f'class="{_e(rule.get("status"))}"', [
+            _badge(rule.get("status")), _e(rule.get("rule")), _e(rule.get("category")),
+            "runtime" if rule.get("runtime") else "static", _e(rule.get("findings")), _e(rule.get("summary"))])
+            for rule in result.get("rules") or [] if isinstance(rule, dict)]
+        sections.append(
+            f'<section class="cnf" data-stage="{_e(stage.get("name"))}"><h2>CNF checks: {_e(stage.get("name"))} — '
+            f"score {_e(_percent(result.get('score')))}</h2>{bars}"
+            + _table("cnf-rules", ["Status", "Rule", "Category", "Kind", "Findings", "Rule checks"], rows)
+            + "</section>")
+    return "".join(sections)
+
+
+def _percent(value: Any) -> str:
+    return "no rule ran" if value is None else f"{value:g}%"
 
 
 def _canary_steps(stage: dict[str, Any]) -> list[dict[str, Any]]:
@@ -335,6 +364,7 @@ def render_html(summary: dict[str, Any], results_dir: Path | None = None,
         present = [name for name in RESULT_FILES if (results_dir / name).is_file()]
         links = " · ".join(f'<a href="{name}">{name}</a>' for name in present)
     canaries = "".join(_canary(stage) for stage in stages)
+    cnf_sections = "".join(_cnf(stage) for stage in stages)
     timeline = _responsive(lambda width: timeline_svg(stages, summary.get("started"),
                                                       summary.get("duration"), width))
     return (
@@ -347,7 +377,7 @@ def render_html(summary: dict[str, Any], results_dir: Path | None = None,
         f"<style>{CSS}</style></head><body><main>"
         f"{_header(summary)}{_problems(stages)}"
         f'<section class="timeline"><h2>Timeline</h2>{timeline}{_stage_table(stages, results_dir)}</section>'
-        f"{_checks(stages)}{canaries}"
+        f"{cnf_sections}{_checks(stages)}{canaries}"
         f"<footer>xci-cn {_e(summary.get('xci_cn_version'))}, rendered from summary.json"
         f"{' · ' + links if links else ''}</footer></main></body></html>\n")
 

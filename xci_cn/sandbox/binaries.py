@@ -10,7 +10,10 @@ download sites are not reachable on CI machines):
 * etcd: a two-line main calling ``etcdmain.Main``;
 * kwok and kwokctl: ``go install sigs.k8s.io/kwok/cmd/...``;
 * Istio's CRDs: ``kubernetes/customresourcedefinitions.gen.yaml`` of the
-  ``istio.io/api`` module.
+  ``istio.io/api`` module;
+* tools the pipeline runs beside the sandbox (``TOOLS``, e.g. the kube-score
+  linter of the ``cnf`` check): ``go install <package>@<version>``, each in
+  its own cached, checksummed directory, so they also serve existing clusters.
 
 Binaries are cached per version set under ``$XCI_CN_CACHE`` (default
 ``~/.cache/xci-cn``) with a manifest of SHA-256 sums recorded at build time;
@@ -104,14 +107,14 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(bin_dir: Path) -> list[str]:
+def verify(bin_dir: Path, names: tuple[str, ...] = (*BINARIES, ISTIO_CRDS)) -> list[str]:
     """Names of the artifacts that are missing or do not match the manifest."""
     try:
         manifest = json.loads((bin_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
-        return [*BINARIES, ISTIO_CRDS]
+        return list(names)
     bad = []
-    for name in (*BINARIES, ISTIO_CRDS):
+    for name in names:
         entry = manifest.get(name)
         path = bin_dir / name
         if not entry or not path.is_file() or path.stat().st_size != entry["size"] \
@@ -152,6 +155,62 @@ def ensure_binaries(versions: Versions | None = None, progress: Progress | None 
                 raise EnvironmentProblem(f"sandbox binaries still fail verification after a build: "
                                          f"{', '.join(remaining)} in {bin_dir}")
     return SandboxBinaries(bin_dir, versions)
+
+
+@dataclass(frozen=True)
+class GoTool:
+    """A command-line tool installed from its Go module (``go install``)."""
+
+    name: str
+    package: str  # the main package's import path
+    version: str
+    ldflags: str = "-s -w"
+
+    @property
+    def bin_dir(self) -> Path:
+        return cache_root() / "tools" / f"{self.name}-{self.version}" / "bin"
+
+    def how_to_get(self) -> str:
+        return (f"run 'xci-cn sandbox build' (it builds {self.name} v{self.version} from the Go module "
+                f"{self.package} into {self.bin_dir})")
+
+
+TOOLS = {
+    # The cnf check's linter: Go, fast (no interpreter start), JSON output.
+    "kube-score": GoTool("kube-score", "github.com/zegl/kube-score/cmd/kube-score", "1.20.0",
+                         "-s -w -X main.version=1.20.0"),
+}
+
+
+def find_tool(name: str) -> Path:
+    """The verified cached binary of ``TOOLS[name]``; never builds (a check
+    must not start a Go build): EnvironmentProblem saying how to get it."""
+    tool = TOOLS[name]
+    if verify(tool.bin_dir, (name,)):
+        raise EnvironmentProblem(f"{name} v{tool.version} is not built: {tool.how_to_get()}")
+    return tool.bin_dir / name
+
+
+def ensure_tools(progress: Progress | None = None, force: bool = False) -> dict[str, Path]:
+    """Build every tool of ``TOOLS`` that is missing or corrupt."""
+    say = progress or (lambda text: None)
+    paths = {}
+    for name, tool in TOOLS.items():
+        root = tool.bin_dir.parent
+        if force or verify(tool.bin_dir, (name,)):
+            with _locked(root):
+                if force or verify(tool.bin_dir, (name,)):
+                    builder = _GoBuilder(root, Versions(), say)
+                    builder.bin_dir.mkdir(parents=True, exist_ok=True)
+                    say(f"building {name} v{tool.version} from {tool.package}")
+                    builder.go_cmd(["install", "-v", "-trimpath", "-ldflags", tool.ldflags,
+                                    f"{tool.package}@v{tool.version}"], builder.module(name, f"xci-cn.local/{name}"),
+                                   name)
+                    builder.write_manifest((name,))
+                if verify(tool.bin_dir, (name,)):
+                    raise EnvironmentProblem(f"{name} still fails verification after a build in {tool.bin_dir}")
+        paths[name] = tool.bin_dir / name
+    return paths
 
 
 class _GoBuilder:
@@ -282,9 +341,9 @@ class _GoBuilder:
             raise EnvironmentProblem(f"istio.io/api v{self.versions.istio_api} has no {source.name}")
         shutil.copyfile(source, self.bin_dir / ISTIO_CRDS)
 
-    def write_manifest(self) -> None:
+    def write_manifest(self, names: tuple[str, ...] = (*BINARIES, ISTIO_CRDS)) -> None:
         manifest = {}
-        for name in (*BINARIES, ISTIO_CRDS):
+        for name in names:
             path = self.bin_dir / name
             if path.is_file():
                 manifest[name] = {"sha256": sha256(path), "size": path.stat().st_size}
