@@ -217,3 +217,44 @@ def test_a_failed_normal_rule_is_reported_without_failing_the_stage(tmp_path: Pa
     suite = ET.parse(tmp_path / "results" / "junit.xml").getroot()
     assert [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None] == [
         "cnf image-tag: Deployment latest-tag container app"]
+
+
+def test_deployed_objects_are_judged_live_and_named_by_their_file(sandbox: dict, tmp_path: Path) -> None:
+    """The deploy stage applies the bad set to the real API server; the cnf
+    check reads the live objects back (defaults filled in by the server) and
+    names each finding with the file and document it was applied from."""
+    import uuid
+
+    from tests.test_deploy import run
+
+    namespace = f"cnf-{uuid.uuid4().hex[:6]}"
+    text = f"""name: cnf-live
+installer: existing
+stages:
+  - name: deploy
+    type: deploy
+    with: {{manifests: ["{BAD}"], namespace: {namespace}}}
+  - name: verify
+    type: verify
+    needs: [deploy]
+    with:
+      namespace: {namespace}
+      checks:
+        - {{type: cnf, checks: [probes, privileged, image-tag, resources, non-root, host-path]}}
+"""
+    (tmp_path / "ns.yaml").write_text(f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n")
+    from tests.test_deploy import kubectl
+
+    kubectl(sandbox, "apply", "-f", str(tmp_path / "ns.yaml"))
+    try:
+        code, summary, out = run(tmp_path, sandbox, text)
+        assert code == 1, out
+        verify = summary["stages"][1]
+        failed = sorted((c["details"]["object"], c["details"]["rule"], c["details"]["where"])
+                        for c in verify["checks"] if not c["passed"])
+        assert failed == [(f"Deployment {namespace}/latest-tag", "image-tag", f"{BAD / 'bad.yaml'}:50: document 3"),
+                          (f"Deployment {namespace}/no-probes", "probes", f"{BAD / 'bad.yaml'}:28: document 2"),
+                          (f"Deployment {namespace}/privileged", "privileged", f"{BAD / 'bad.yaml'}:4: document 1")]
+        assert len(verify["checks"]) == 6 * 4
+    finally:
+        kubectl(sandbox, "delete", "namespace", namespace, "--wait=false")
