@@ -258,3 +258,40 @@ stages:
         assert len(verify["checks"]) == 6 * 4
     finally:
         kubectl(sandbox, "delete", "namespace", namespace, "--wait=false")
+
+
+def test_traffic_counts_real_failures_of_a_real_server() -> None:
+    """The requests the scale and rolling-update rules send: answered while
+    the server runs, counted as failed (by cause) once it is gone."""
+    import http.server
+    import threading
+    import time
+
+    from xci_cn.verify.cnf_runtime import Traffic, request
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503 if self.path == "/down" else 200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    with Traffic([("127.0.0.1", port, True), ("127.0.0.1", port, False)]) as traffic:
+        time.sleep(0.5)
+        server.shutdown()
+        server.server_close()
+        time.sleep(0.5)
+    counts = traffic.counts()
+    assert counts["requests"] > 10 and 0 < counts["failed_requests"] < counts["requests"]
+    # Refused once it is gone (a request cut by the shutdown itself is reset).
+    assert "ConnectionRefusedError" in counts["errors"]
+    assert set(counts["errors"]) <= {"ConnectionRefusedError", "ConnectionResetError"}
+    assert traffic.verdict(budget=counts["failed_requests"]) == ""
+    assert traffic.verdict(budget=0).startswith(f"{counts['failed_requests']} failed requests, budget 0 "
+                                                "(ConnectionRe")
+    assert request("127.0.0.1", port, True) == "ConnectionRefusedError"

@@ -10,6 +10,7 @@ case per finding; a failed essential rule fails the stage.
 from __future__ import annotations
 
 import os
+import time
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -212,11 +213,24 @@ class VerifyStage:
         findings = cnf.lint(subjects, check, lambda bodies: kubescore.score(binary, bodies) if binary else [],
                             runtime_reason="a runtime rule needs the deployed pods; `manifests` were given"
                             if check.manifests else None)
+        seconds = {}
+        runtime_rules = [r for r in check.rules() if r.runtime]
+        if runtime_rules and not check.manifests:
+            from xci_cn.verify.cnf_runtime import Runtime
+
+            runtime = Runtime(resources(), check, ctx.sleep)
+            chosen = cnf.select(subjects, check.objects)
+            services = [s for s in subjects if s.kind == "Service"]
+            for rule in runtime_rules:
+                ctx.report_progress(f"cnf {rule.name}: {len(chosen)} workloads")
+                started = time.monotonic()
+                findings += cnf.apply_allow_list(runtime.check(rule, chosen, services), check.allow)
+                seconds[rule.name] = round(time.monotonic() - started, 2)
         for finding in findings:
             rule = cnf.RULES[finding.rule]
             ctx.check(finding.case, finding.passed, finding.text(), blocking=check.blocking(rule),
                       skipped=finding.skipped, **finding.details(check.category(rule)))
-        summary = cnf.summarise(findings, check)
+        summary = cnf.summarise(findings, check, seconds)
         ctx.report_progress(f"cnf: score {summary['score']}%, {summary['passed']} passed, "
                             f"{summary['failed']} failed, {summary['skipped']} skipped")
         return summary

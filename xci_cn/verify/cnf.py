@@ -340,9 +340,10 @@ def apply_allow_list(findings: list[Finding], allow: list[AllowEntry]) -> list[F
     return findings
 
 
-def summarise(findings: list[Finding], spec: CnfCheck) -> dict[str, Any]:
-    """Per rule passed/failed/skipped, per category counts and a score (the
-    percentage of rules that ran and passed), for summary.json and report.html."""
+def summarise(findings: list[Finding], spec: CnfCheck, seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Per rule passed/failed/skipped (and the seconds a runtime rule took),
+    per category counts and a score (the percentage of rules that ran and
+    passed), for summary.json and report.html."""
     rules: list[dict[str, Any]] = []
     categories = {ESSENTIAL: {"passed": 0, "failed": 0, "skipped": 0},
                   NORMAL: {"passed": 0, "failed": 0, "skipped": 0}}
@@ -358,7 +359,7 @@ def summarise(findings: list[Finding], spec: CnfCheck) -> dict[str, Any]:
         categories[category][status] += 1
         rules.append({"rule": rule.name, "category": category, "status": status, "summary": rule.summary,
                       "runtime": rule.runtime, "findings": sum(not f.passed for f in mine),
-                      "objects": len({f.subject for f in mine})})
+                      "objects": len({f.subject for f in mine}), "seconds": (seconds or {}).get(rule.name)})
 
     def score(counts: dict[str, int]) -> float | None:
         ran = counts["passed"] + counts["failed"]
