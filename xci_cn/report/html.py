@@ -284,12 +284,13 @@ def _cnf(stage: dict[str, Any]) -> str:
                        for name, counts in result["categories"].items() if isinstance(counts, dict))
         rows = [(f'class="{_e(rule.get("status"))}"', [
             _badge(rule.get("status")), _e(rule.get("rule")), _e(rule.get("category")),
-            "runtime" if rule.get("runtime") else "static", _e(rule.get("findings")), _e(rule.get("summary"))])
+            "runtime" if rule.get("runtime") else "static", _e(rule.get("findings")),
+            _duration(rule.get("seconds")) if rule.get("seconds") is not None else "", _e(rule.get("summary"))])
             for rule in result.get("rules") or [] if isinstance(rule, dict)]
         sections.append(
             f'<section class="cnf" data-stage="{_e(stage.get("name"))}"><h2>CNF checks: {_e(stage.get("name"))} — '
             f"score {_e(_percent(result.get('score')))}</h2>{bars}"
-            + _table("cnf-rules", ["Status", "Rule", "Category", "Kind", "Findings", "Rule checks"], rows)
+            + _table("cnf-rules", ["Status", "Rule", "Category", "Kind", "Findings", "Took", "Passes when"], rows)
             + "</section>")
     return "".join(sections)
 
