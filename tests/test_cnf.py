@@ -295,3 +295,12 @@ def test_traffic_counts_real_failures_of_a_real_server() -> None:
     assert traffic.verdict(budget=0).startswith(f"{counts['failed_requests']} failed requests, budget 0 "
                                                 "(ConnectionRe")
     assert request("127.0.0.1", port, True) == "ConnectionRefusedError"
+
+
+def test_a_selector_matching_nothing_fails_the_stage_as_invalid_input(tmp_path: Path) -> None:
+    result = run_scenario(tmp_path, SCENARIO.format(bad=BAD, extra=", objects: [StatefulSet/*]"))
+    record = result.records[0]
+    assert (record.status, record.invalid_input, result.invalid_input) == ("failed", True, True)
+    assert record.error == ("cnf: objects StatefulSet/* match no workload (there are: Deployment/privileged, "
+                            "Deployment/no-probes, Deployment/latest-tag, Deployment/ignores-sigterm)")
+    assert record.checks == []
