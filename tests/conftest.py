@@ -1,7 +1,12 @@
 """Shared fixtures. The ``sandbox`` fixture brings up ONE real sandbox (real
-kube-apiserver, etcd, controller-manager, scheduler; kwok nodes; Istio CRDs)
-for the whole session and tears it down at the end. Tests that need a
-cluster use it; none are skipped."""
+kube-apiserver, etcd, controller-manager, scheduler; a real node running
+real pods, kwok nodes; Istio CRDs) for the whole session and tears it down
+at the end. Tests that need a cluster use it; none are skipped.
+
+A host runs one real node at a time: a test that brings up a real node of
+its own asks for ``real_node_free``, which takes the session sandbox down;
+the next test that needs ``sandbox`` brings it back (same name, same
+kubeconfig path)."""
 
 from __future__ import annotations
 
@@ -29,17 +34,32 @@ def isolated_sandbox_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def sandbox(isolated_sandbox_home: Path) -> Iterator[dict]:
-    """A running sandbox (flavor mini) shared by the integration tests:
-    ``{"name", "kubeconfig", "api_url"}``."""
+def session_sandbox(isolated_sandbox_home: Path) -> Iterator[None]:
+    """Removes the session sandbox at the end of the session."""
     from xci_cn.sandbox import cluster
 
-    result = cluster.up(SESSION_SANDBOX, "mini", istio=True)
-    try:
-        yield {"name": SESSION_SANDBOX, "kubeconfig": result.sandbox.kubeconfig,
-               "api_url": result.api_url}
-    finally:
-        cluster.down(SESSION_SANDBOX, missing_ok=True)
+    yield
+    cluster.down(SESSION_SANDBOX, missing_ok=True)
+
+
+@pytest.fixture
+def sandbox(session_sandbox: None) -> dict:
+    """A running sandbox (flavor mini, real pods) shared by the integration
+    tests: ``{"name", "kubeconfig", "api_url"}``."""
+    from xci_cn.sandbox import cluster
+
+    if not cluster.Sandbox(SESSION_SANDBOX).is_up():
+        cluster.up(SESSION_SANDBOX, "mini", istio=True)
+    running = cluster.Sandbox(SESSION_SANDBOX)
+    return {"name": SESSION_SANDBOX, "kubeconfig": running.kubeconfig, "api_url": running.api_url()}
+
+
+@pytest.fixture
+def real_node_free(session_sandbox: None) -> None:
+    """The host's real node is free for a test's own sandbox."""
+    from xci_cn.sandbox import cluster
+
+    cluster.down(SESSION_SANDBOX, missing_ok=True)
 
 
 @pytest.fixture(scope="session")

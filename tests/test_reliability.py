@@ -27,7 +27,7 @@ def fault_sandbox(isolated_sandbox_home: Path) -> dict:
     """A sandbox of its own for tests that kill its components."""
     from xci_cn.sandbox import cluster
 
-    result = cluster.up("faults", "aio", istio=True)
+    result = cluster.up("faults", "aio", istio=True, pods="simulated")
     try:
         yield {"name": "faults", "kubeconfig": result.sandbox.kubeconfig}
     finally:

@@ -34,14 +34,17 @@ def test_session_sandbox_is_a_real_api_server(sandbox: dict) -> None:
     assert printed == str(sandbox["kubeconfig"])
 
 
-def test_every_component_listens_on_loopback_only(sandbox: dict) -> None:
+def test_every_component_listens_on_loopback_or_the_node_bridge_only(sandbox: dict) -> None:
     from xci_cn.sandbox.cluster import Sandbox
 
-    pids = set(Sandbox(sandbox["name"]).running_components().values())
-    assert len(pids) == 5
-    listening = _listening_sockets_of(pids)
+    running = Sandbox(sandbox["name"]).running_components()
+    assert set(running) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                            "kwok-controller", "containerd", "kubelet", "kube-proxy", "coredns"}
+    listening = _listening_sockets_of(set(running.values()))
     assert listening, "no listening sockets found for the sandbox's processes"
-    assert all(addr == "127.0.0.1" for addr, _ in listening), listening
+    gateway = Sandbox(sandbox["name"]).node.gateway
+    assert all(addr in ("127.0.0.1", gateway) for addr, _ in listening), listening
+    assert (gateway, 10250) in listening and (gateway, 53) in listening  # kubelet, CoreDNS
 
 
 def test_istio_schema_is_enforced_by_the_real_api_server(sandbox: dict) -> None:
@@ -61,13 +64,13 @@ def test_istio_schema_is_enforced_by_the_real_api_server(sandbox: dict) -> None:
 
 
 def test_second_sandbox_up_down_leaves_nothing(sandbox: dict, isolated_sandbox_home: Path) -> None:
-    up = cli("sandbox", "up", "--name", "second", "--flavor", "aio", "-q")
+    up = cli("sandbox", "up", "--name", "second", "--flavor", "aio", "--pods", "simulated", "-q")
     assert up.returncode == 0, up.stderr
     status = json.loads(cli("sandbox", "status", "--name", "second", "--json").stdout)
     assert [n["name"] for n in status["nodes"]] == ["opnfv"]
     port = urlparse(status["api_url"]).port
     assert port != urlparse(sandbox["api_url"]).port
-    again = cli("sandbox", "up", "--name", "second", "--flavor", "aio")
+    again = cli("sandbox", "up", "--name", "second", "--flavor", "aio", "--pods", "simulated")
     assert again.returncode == 2
     assert again.stderr.strip().startswith("xci-cn: sandbox 'second' is already up (flavor aio")
     down = cli("sandbox", "down", "--name", "second")
@@ -86,7 +89,8 @@ def test_taken_port_is_replaced_by_a_free_one(sandbox: dict) -> None:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen(1)
         taken = blocker.getsockname()[1]
-        up = cli("sandbox", "up", "--name", "ported", "--flavor", "aio", "--api-port", str(taken), "-q")
+        up = cli("sandbox", "up", "--name", "ported", "--flavor", "aio", "--api-port", str(taken),
+                 "--pods", "simulated", "-q")
         try:
             assert up.returncode == 0, up.stderr
             assert f"port {taken} is taken" in up.stderr

@@ -348,16 +348,20 @@ def _sandbox_log() -> Any:
 @click.option("--api-port", type=click.IntRange(0, 65535), default=0,
               help="Preferred API server port (another is chosen when it is taken).")
 @click.option("--no-istio", is_flag=True, help="Do not install Istio's CRDs.")
+@click.option("--pods", type=click.Choice(["real", "simulated"]), default="real", show_default=True,
+              envvar="XCI_CN_SANDBOX_PODS",
+              help="real: a real node (kubelet, containerd) runs the pods, needs root; simulated: "
+                   "kwok nodes only [env XCI_CN_SANDBOX_PODS].")
 @click.option("-q", "--quiet", is_flag=True)
 @reports_errors
-def sandbox_up(flavor: str, name: str, api_port: int, no_istio: bool, quiet: bool) -> None:
-    """Start a sandbox: real control plane, the flavor's nodes, Istio's CRDs."""
+def sandbox_up(flavor: str, name: str, api_port: int, no_istio: bool, pods: str, quiet: bool) -> None:
+    """Start a sandbox: real control plane, the flavor's nodes (one real), Istio's CRDs."""
     import time
 
     from xci_cn.sandbox.cluster import up
 
     started = time.monotonic()
-    result = up(name, flavor, istio=not no_istio, api_port=api_port, log=_sandbox_log(),
+    result = up(name, flavor, istio=not no_istio, api_port=api_port, pods=pods, log=_sandbox_log(),
                 progress=_progress_printer(quiet))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
@@ -374,6 +378,38 @@ def sandbox_down(name: str) -> None:
 
     down(name, log=_sandbox_log())
     click.echo(f"sandbox {name} removed")
+
+
+@sandbox.command("load-image")
+@click.argument("tarball", type=click.Path(path_type=Path))
+@click.option("--name", "image_name", default=None,
+              help="Image reference to give an image whose tarball names none.")
+@click.option("--sandbox", "name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@reports_errors
+def sandbox_load_image(tarball: Path, image_name: str | None, name: str) -> None:
+    """Import an OCI or docker-archive image tarball into the real node's containerd."""
+    from xci_cn.sandbox.cluster import load_image
+
+    for loaded in load_image(name, tarball, image_name):
+        click.echo(f"loaded {loaded}")
+
+
+@sandbox.command("images")
+@click.option("--name", default="xci-cn", show_default=True, envvar="XCI_CN_SANDBOX")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@reports_errors
+def sandbox_images(name: str, as_json: bool) -> None:
+    """The images on the real node (name, digest, size)."""
+    import json
+
+    from xci_cn.sandbox.cluster import images
+
+    listed = images(name)
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    for image in listed:
+        click.echo(f"{image['name']:60} {image['digest'][:19]}  {image['size']}")
 
 
 @sandbox.command("status")

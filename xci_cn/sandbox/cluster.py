@@ -2,8 +2,15 @@
 
 Each sandbox has a name and a directory (``$XCI_CN_SANDBOX_HOME/<name>``,
 default ``~/.local/state/xci-cn/sandboxes/<name>``) holding kwokctl's
-workdir and the kubeconfig. Called by the CLI (``xci-cn sandbox …``) and by
+workdir, the kubeconfig, the real node's state (``node/``) and its record
+``sandbox.json`` (written first: a directory without it is not a sandbox and
+``down`` leaves it alone). Called by the CLI (``xci-cn sandbox …``) and by
 the ``provision`` stage type.
+
+With real pods (the default) the playbook brings up the control plane while
+``node.Node.prepare`` sets up the host and containerd; then the node joins.
+An ``up`` that fails or is interrupted (SIGINT, SIGTERM, a cancelled stage)
+removes what it started, ignoring further signals until it has.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +33,24 @@ from typing import Any
 
 import yaml
 
-from xci_cn.errors import InvalidInput, StageFailed
+from xci_cn.errors import Interrupted, InvalidInput, StageFailed
 from xci_cn.paths import PLAYBOOKS_DIR
+from xci_cn.sandbox import node as real_node
 from xci_cn.sandbox.binaries import SandboxBinaries, ensure_binaries, find_kubectl
 
-NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
+PODS = ("real", "simulated")
 
 
-def flavor_nodes() -> dict[str, list[dict[str, str]]]:
+def flavor_nodes() -> dict[str, list[dict[str, Any]]]:
     """XCI flavor -> nodes, from the same vars file the playbook reads."""
     data = yaml.safe_load((PLAYBOOKS_DIR / "vars" / "flavors.yml").read_text())
     return data["xci_flavor_nodes"]
+
+
+def real_node_name(flavor: str) -> str:
+    """The flavor's node that a real kubelet runs as (marked in flavors.yml)."""
+    return next(n["name"] for n in flavor_nodes()[flavor] if n.get("real"))
 
 
 def sandbox_home() -> Path:
@@ -49,7 +66,7 @@ class Sandbox:
     name: str
 
     def __post_init__(self) -> None:
-        if not NAME.match(self.name):
+        if not NAME.fullmatch(self.name):
             raise InvalidInput(f"sandbox name {self.name!r}: use lower case letters, digits and '-' "
                                "(at most 40)")
 
@@ -69,9 +86,14 @@ class Sandbox:
     def info_file(self) -> Path:
         return self.dir / "sandbox.json"
 
+    @property
+    def node(self) -> real_node.NodeLayout:
+        return real_node.NodeLayout(self.name, self.dir)
+
     def pids(self) -> dict[str, int]:
-        """Component -> pid, as kwokctl recorded them."""
-        out = {}
+        """Component -> pid, as kwokctl and the real node recorded them."""
+        out = {component: pid for component in real_node.COMPONENTS
+               if (pid := real_node.recorded_pid(self.node, component))}
         for pid_file in sorted((self.cluster_dir / "pids").glob("*.pid")):
             try:
                 out[pid_file.stem] = int(pid_file.read_text().strip())
@@ -83,7 +105,12 @@ class Sandbox:
         return {name: pid for name, pid in self.pids().items() if pid_alive(pid)}
 
     def is_up(self) -> bool:
-        return self.kubeconfig.exists() and bool(self.running_components())
+        return self.kubeconfig.exists() and bool(self.running_components()) \
+            and self.info().get("state", "up") == "up"
+
+    def is_sandbox(self) -> bool:
+        """Its directory holds xci-cn's own record (anything else is not ours)."""
+        return self.dir.is_dir() and self.info().get("name") == self.name
 
     def info(self) -> dict[str, Any]:
         try:
@@ -134,45 +161,167 @@ class UpResult:
 
 
 def up(name: str, flavor: str, *, istio: bool = True, api_port: int = 0, reuse: bool = False,
-       kubeconfig_copy: Path | None = None, log: logging.Logger | None = None,
+       pods: str = "real", kubeconfig_copy: Path | None = None, log: logging.Logger | None = None,
        progress: Any = None, cancel: threading.Event | None = None,
        artifacts_dir: Path | None = None) -> UpResult:
     """Bring the sandbox up (or reuse it when ``reuse`` and it runs with the
-    same flavor). Raises InvalidInput for bad names/flavors and a second
-    ``up`` without ``reuse``."""
+    same flavor and pods). Raises InvalidInput for bad names/flavors and a
+    second ``up`` without ``reuse``; EnvironmentProblem when real pods cannot
+    run here; Interrupted when a signal stopped it (after cleaning up)."""
     log = log or logging.getLogger(__name__)
     say = progress or (lambda text: None)
     nodes = flavor_nodes()
     if flavor not in nodes:
         raise InvalidInput(f"unknown flavor {flavor!r} (one of {', '.join(nodes)})")
+    if pods not in PODS:
+        raise InvalidInput(f"pods {pods!r}: one of {', '.join(PODS)}")
     sandbox = Sandbox(name)
     notes: list[str] = []
+    if sandbox.dir.exists() and not sandbox.is_sandbox() and not sandbox.dir.is_dir():
+        raise InvalidInput(f"{sandbox.dir} exists and is not a sandbox directory; remove it or choose "
+                           "another --name")
     if sandbox.is_up():
-        running_flavor = sandbox.info().get("flavor")
-        if reuse and running_flavor == flavor and sandbox.info().get("istio", False) >= istio:
+        info = sandbox.info()
+        if reuse and info.get("flavor") == flavor and info.get("istio", False) >= istio \
+                and info.get("pods", "simulated") == pods:
             _copy_kubeconfig(sandbox, kubeconfig_copy)
             return UpResult(sandbox, flavor, sandbox.api_url() or "", True,
                             [f"reused the running sandbox {name!r}"])
-        raise InvalidInput(f"sandbox {name!r} is already up (flavor {running_flavor}, API "
-                           f"{sandbox.api_url()}); run 'xci-cn sandbox down --name {name}' first")
+        raise InvalidInput(f"sandbox {name!r} is already up (flavor {info.get('flavor')}, pods "
+                           f"{info.get('pods', 'simulated')}, API {sandbox.api_url()}); run "
+                           f"'xci-cn sandbox down --name {name}' first")
+    if sandbox.dir.is_dir() and any(sandbox.dir.iterdir()) and not sandbox.is_sandbox():
+        raise InvalidInput(f"{sandbox.dir} holds files but no sandbox record; it is not a sandbox: "
+                           "remove it or choose another --name")
+    if pods == "real":
+        real_node.preflight(sandbox.node)
     if api_port and not port_free(api_port):
         notes.append(f"port {api_port} is taken; kwokctl picks a free one")
         api_port = 0
     binaries = ensure_binaries(progress=say)
-    say(f"starting sandbox {name!r} (flavor {flavor}, {len(nodes[flavor])} nodes)")
+    cancel = cancel or threading.Event()
+    with _signals_cancel(cancel) as caught:
+        try:
+            _start(sandbox, binaries, flavor, istio, api_port, pods, kubeconfig_copy, log, say, cancel,
+                   artifacts_dir)
+        except BaseException:
+            with _signals_ignored():
+                say(f"sandbox {name!r} did not come up: removing what was started")
+                down(name, missing_ok=True, log=log, artifacts_dir=artifacts_dir)
+            if caught:
+                raise Interrupted(caught[0]) from None
+            raise
+    return UpResult(sandbox, flavor, sandbox.api_url() or "", False, notes)
+
+
+def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool, api_port: int,
+           pods: str, kubeconfig_copy: Path | None, log: logging.Logger, say: Callable[[str], None],
+           cancel: threading.Event, artifacts_dir: Path | None) -> None:
+    name = sandbox.name
+    record = {"name": name, "flavor": flavor, "istio": istio, "pods": pods,
+              "versions": binaries.versions.__dict__}
+    sandbox.dir.mkdir(parents=True, exist_ok=True)
+    _write_info(sandbox, {**record, "state": "starting"})
+    say(f"starting sandbox {name!r} (flavor {flavor}, {len(flavor_nodes()[flavor])} nodes, {pods} pods)")
+    node = real_node.Node(sandbox.node, binaries, real_node_name(flavor), say) if pods == "real" else None
     # kwokctl picks "unused" ports by probing; two sandboxes started at once
     # (two Jenkins executors) would pick the same ones. One start at a time,
     # until the components listen.
-    with _exclusive(sandbox_home() / ".start.lock"):
+    with _exclusive(sandbox_home() / ".start.lock"), ThreadPoolExecutor(1) as pool:
+        prepared = pool.submit(node.prepare) if node else None  # host, containerd, images meanwhile
         _run(binaries, "sandbox-up.yml", sandbox, log, cancel, artifacts_dir, say, {
             "xci_flavor": flavor,
             "sandbox_istio": istio,
+            "sandbox_pods": pods,
             "sandbox_api_port": api_port,
             "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
         })
-    sandbox.info_file.write_text(json.dumps({"name": name, "flavor": flavor, "istio": istio,
-                                             "versions": binaries.versions.__dict__}))
-    return UpResult(sandbox, flavor, sandbox.api_url() or "", False, notes)
+        if prepared:
+            prepared.result()
+    if node:
+        node.join()
+        _wait_node_ready(sandbox, node, flavor, cancel, say)
+    _write_info(sandbox, {**record, "state": "up"})
+
+
+def _write_info(sandbox: Sandbox, record: dict[str, Any]) -> None:
+    partial = sandbox.info_file.with_suffix(".partial")
+    partial.write_text(json.dumps(record))
+    partial.replace(sandbox.info_file)
+
+
+def _wait_node_ready(sandbox: Sandbox, node: real_node.Node, flavor: str, cancel: threading.Event,
+                     say: Callable[[str], None], timeout: float = 90) -> None:
+    """The real node registered and Ready, labelled like its kwok siblings;
+    kube-proxy and CoreDNS answering."""
+    from xci_cn.k8s.client import connect
+
+    role = next(n["role"] for n in flavor_nodes()[flavor] if n.get("real"))
+    cluster = connect(sandbox.kubeconfig)
+    deadline = time.monotonic() + timeout
+    labelled = False
+    try:
+        while True:
+            if cancel.is_set():
+                raise StageFailed("cancelled while waiting for the real node")
+            for component in ("kubelet", "kube-proxy", "coredns"):
+                if not real_node.component_alive(sandbox.node, component):
+                    raise StageFailed(f"{component} of the real node exited: "
+                                      f"{real_node._tail(sandbox.node.logs / (component + '.log'))}")
+            try:
+                found = cluster.core().read_node(node.node_name, _request_timeout=5)
+            except Exception:  # noqa: BLE001 - not registered yet
+                found = None
+            if found is not None and not labelled:
+                cluster.core().patch_node(node.node_name, {"metadata": {"labels": {
+                    "type": "real", "opnfv.org/xci-flavor": flavor,
+                    f"node-role.kubernetes.io/{role}": ""}}})
+                labelled = True
+            if found is not None and _condition(found.status.conditions if found.status else None, "Ready") \
+                    and real_node.services_ready(sandbox.node):
+                say(f"real node {node.node_name} Ready")
+                return
+            if time.monotonic() > deadline:
+                raise StageFailed(f"the real node {node.node_name} was not Ready within {timeout:.0f}s "
+                                  f"(kubelet log: {sandbox.node.logs / 'kubelet.log'})")
+            time.sleep(0.3)
+    finally:
+        cluster.close()
+
+
+@contextmanager
+def _signals_cancel(cancel: threading.Event) -> Iterator[list[int]]:
+    """In the main thread, SIGINT/SIGTERM set ``cancel`` (the playbook and the
+    waits stop at their next check) and are recorded, never raised mid-step."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught  # a pipeline stage: the run's own handler sets cancel
+        return
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        caught.append(signum)
+        cancel.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Clean-up runs to its end: a second Ctrl-C must not leave processes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -188,24 +337,70 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 def down(name: str, *, missing_ok: bool = False, log: logging.Logger | None = None,
          cancel: threading.Event | None = None, artifacts_dir: Path | None = None) -> bool:
-    """Remove the sandbox; False when there was none (an error unless ``missing_ok``)."""
+    """Remove the sandbox; False when there was none (an error unless
+    ``missing_ok``). A path that is not a sandbox is refused, untouched."""
     log = log or logging.getLogger(__name__)
     sandbox = Sandbox(name)
-    if not sandbox.dir.exists():
+    if not sandbox.dir.exists() and not sandbox.node.run_dir.exists():
         if missing_ok:
             return False
         raise InvalidInput(f"there is no sandbox named {name!r} (sandboxes: "
                            f"{', '.join(list_sandboxes()) or 'none'})")
+    if sandbox.dir.exists() and not sandbox.is_sandbox():
+        what = "a directory" if sandbox.dir.is_dir() else "a file"
+        raise InvalidInput(f"{sandbox.dir} is {what} without xci-cn's sandbox record (sandbox.json): not a "
+                           "sandbox, left untouched")
     binaries = ensure_binaries()
+    # The node first: its mounts live under the directory the playbook deletes.
+    real_node.cleanup(sandbox.node, log.info)
     _run(binaries, "sandbox-down.yml", sandbox, log, cancel, artifacts_dir, None, {})
     return True
+
+
+def _real_node_of(name: str) -> real_node.Node:
+    sandbox = Sandbox(name)
+    if not sandbox.is_up():
+        raise InvalidInput(f"sandbox {name!r} is not up (sandboxes: {', '.join(list_sandboxes()) or 'none'})")
+    if sandbox.info().get("pods") != "real":
+        raise InvalidInput(f"sandbox {name!r} runs simulated pods: it has no node to hold images")
+    return real_node.Node(sandbox.node, ensure_binaries(), real_node_name(sandbox.info()["flavor"]),
+                          lambda text: None)
+
+
+def load_image(name: str, tarball: Path, image_name: str | None = None) -> list[str]:
+    """Import a user's OCI or docker-archive tarball (``kind load
+    image-archive``); the tarball is checked before containerd sees it."""
+    from xci_cn.sandbox.images import check_tarball
+
+    node = _real_node_of(name)
+    names = check_tarball(tarball, image_name)
+    node.import_image(tarball, image_name)
+    present = {image["name"] for image in images(name)}
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise StageFailed(f"{tarball}: containerd imported the archive but lists no {', '.join(missing)}")
+    return names
+
+
+def images(name: str) -> list[dict[str, str]]:
+    """Images in the node's containerd (the CRI's namespace), digests omitted."""
+    proc = _real_node_of(name).ctr("images", "ls")
+    if proc.returncode != 0:
+        raise StageFailed(f"sandbox {name!r}: listing images failed: {proc.stderr.strip()}")
+    out = []
+    for line in proc.stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 5 and not fields[0].startswith("sha256:"):
+            out.append({"name": fields[0], "digest": fields[2], "size": " ".join(fields[3:5])})
+    return out
 
 
 def list_sandboxes() -> list[str]:
     home = sandbox_home()
     if not home.is_dir():
         return []
-    return sorted(p.name for p in home.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in home.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and NAME.fullmatch(p.name) and Sandbox(p.name).is_sandbox())
 
 
 def _copy_kubeconfig(sandbox: Sandbox, target: Path | None) -> None:
@@ -250,7 +445,8 @@ def status(name: str) -> dict[str, Any]:
                            f"{', '.join(list_sandboxes()) or 'none'})")
     info = sandbox.info()
     report: dict[str, Any] = {
-        "name": name, "flavor": info.get("flavor"), "dir": str(sandbox.dir),
+        "name": name, "flavor": info.get("flavor"), "pods": info.get("pods", "simulated"),
+        "dir": str(sandbox.dir),
         "kubeconfig": str(sandbox.kubeconfig), "api_url": sandbox.api_url(),
         "components": {c: {"pid": pid, "running": pid_alive(pid)} for c, pid in sandbox.pids().items()},
         "up": sandbox.is_up(),
@@ -277,7 +473,7 @@ def status(name: str) -> dict[str, Any]:
 def node_summary(node: Any) -> dict[str, Any]:
     labels = node.metadata.labels or {}
     roles = sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/"))
-    return {"name": node.metadata.name, "roles": roles,
+    return {"name": node.metadata.name, "roles": roles, "type": labels.get("type", ""),
             "ready": _condition(node.status.conditions if node.status else None, "Ready")}
 
 

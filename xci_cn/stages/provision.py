@@ -2,8 +2,9 @@
 
 What it does depends on the run's installer:
 
-* ``sandbox``: the local sandbox (real control plane, kwok nodes, Istio CRDs)
-  through playbooks/sandbox-up.yml; ``action: down`` removes it.
+* ``sandbox``: the local sandbox (real control plane, one real node and kwok
+  nodes, Istio CRDs) through playbooks/sandbox-up.yml; ``action: down``
+  removes it. ``pods: simulated`` keeps every node kwok's (no root needed).
 * ``existing``: connects to the kubeconfig given (``--kubeconfig`` or
   ``$KUBECONFIG``) and checks it; changes nothing, tears nothing down.
 * ``kubespray``: playbooks/kubespray.yml against real hosts (see the docs).
@@ -13,6 +14,7 @@ Outputs the kubeconfig path that later stages (deploy, verify) use.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -26,6 +28,9 @@ class ProvisionOptions(StageOptions):
     action: Literal["up", "down"] = Field(default="up", description="Bring the cluster up or tear it down.")
     istio: bool = Field(default=True, description="Install (sandbox) or require (existing) Istio's CRDs.")
     reuse: bool = Field(default=True, description="Reuse a running sandbox of the same name and flavor.")
+    pods: Literal["real", "simulated"] | None = Field(
+        default=None, description="Sandbox: real pods on a real node (needs root) or kwok-simulated pods; "
+                                  "default $XCI_CN_SANDBOX_PODS (the Jenkins parameter SANDBOX_PODS), else real.")
     api_port: int = Field(default=0, ge=0, le=65535,
                           description="Preferred API server port of the sandbox (0: any free port).")
 
@@ -65,8 +70,9 @@ class ProvisionStage:
                       f"still running: {leftovers}" if leftovers else "no process left")
             return {"installer": "sandbox", "action": "down", "sandbox": name, "removed": removed}
         kubeconfig = ctx.results_dir / "kubeconfig"
+        pods = options.pods or os.environ.get("XCI_CN_SANDBOX_PODS") or "real"
         result = cluster.up(name, ctx.inputs.flavor, istio=options.istio, api_port=options.api_port,
-                            reuse=options.reuse, kubeconfig_copy=kubeconfig, log=ctx.log,
+                            reuse=options.reuse, pods=pods, kubeconfig_copy=kubeconfig, log=ctx.log,
                             progress=ctx.report_progress, cancel=ctx.cancel, artifacts_dir=artifacts)
         for note in result.notes:
             ctx.log.info("%s", note)

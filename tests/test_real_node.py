@@ -1,0 +1,273 @@
+"""The sandbox's real node: the SDC sample running as real processes, answers
+by pod IP, ClusterIP and Service name, health rules against what a real
+kubelet reports, images loaded without a registry."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import cli
+from tests.test_deploy import deploy_scenario, kubectl, run, sdc_copy
+from xci_cn.sandbox import images as oci
+from xci_cn.sandbox.binaries import ensure_binaries
+
+
+def http_get(ip: str, port: int, path: str = "/", settle: float = 10) -> tuple[int, dict[str, str], str]:
+    """GET, retried while kube-proxy is still programming a new Service
+    (Ready pods come before their endpoints' rules, as on any cluster)."""
+    deadline = time.monotonic() + settle
+    while True:
+        answer = _http_get_once(ip, port, path)
+        if answer[0] not in (0, 502) or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.3)
+
+
+def _http_get_once(ip: str, port: int, path: str) -> tuple[int, dict[str, str], str]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{ip}:{port}{path}", timeout=5) as reply:
+            return reply.status, dict(reply.headers), reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+    except OSError as exc:
+        return 0, {}, str(exc)
+
+
+def resp(ip: str, port: int, *commands: bytes) -> bytes:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn = socket.create_connection((ip, port), timeout=5)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    with conn:
+        conn.sendall(b"".join(commands))
+        time.sleep(0.2)
+        return conn.recv(4096)
+
+
+def test_real_node_and_tainted_kwok_nodes(sandbox: dict) -> None:
+    status = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)
+    nodes = {n["name"]: n for n in status["nodes"]}
+    assert status["pods"] == "real"
+    assert nodes["node1"]["type"] == "real" and nodes["node1"]["ready"] and nodes["node1"]["roles"] == ["worker"]
+    assert {nodes[n]["type"] for n in ("opnfv", "master1")} == {"kwok"}
+    kwok_node = json.loads(kubectl(sandbox, "get", "node", "master1", "-o", "json"))
+    assert kwok_node["spec"]["taints"] == [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]
+    real = json.loads(kubectl(sandbox, "get", "node", "node1", "-o", "json"))
+    assert real["status"]["nodeInfo"]["kubeletVersion"] == "v1.36.3"
+    assert real["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://2.3")
+    # The API server reaches the kubelet (logs, exec and stats go through it).
+    assert kubectl(sandbox, "get", "--raw", "/api/v1/nodes/node1/proxy/healthz") == "ok"
+    listed = json.loads(cli("sandbox", "images", "--name", sandbox["name"], "--json").stdout)
+    names = {image["name"] for image in listed}
+    assert {"xci-cn.local/pause:1.36.3", f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}"} <= names
+
+
+def test_sdc_sample_runs_for_real_and_answers(sandbox: dict, tmp_path: Path) -> None:
+    manifests, namespace = sdc_copy(tmp_path)
+    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace))
+    assert code == 0, out
+    pods = json.loads(kubectl(sandbox, "get", "pods", "-n", namespace, "-o", "json"))["items"]
+    assert len(pods) == 11
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == "node1"
+        status = pod["status"]["containerStatuses"][0]
+        assert status["ready"] and status["state"].get("running") and status["containerID"].startswith("containerd://")
+    by_app = {}
+    for pod in pods:
+        by_app.setdefault(pod["metadata"]["labels"]["app"], []).append(pod)
+    # Each pod answers from the host on its own IP.
+    for pod in by_app["clover-server1"] + by_app["http-lb"]:
+        code_, headers, body = http_get(pod["status"]["podIP"], 9180)
+        assert code_ == 200 and pod["metadata"]["name"] in body, body
+    version_of = {p["metadata"]["name"]: p["metadata"]["labels"].get("version") for p in by_app["http-lb"]}
+    for pod in by_app["http-lb"]:
+        assert http_get(pod["status"]["podIP"], 9180)[1]["X-Version"] == version_of[pod["metadata"]["name"]]
+    services = {s["metadata"]["name"]: s for s in
+                json.loads(kubectl(sandbox, "get", "svc", "-n", namespace, "-o", "json"))["items"]}
+    # ClusterIPs through kube-proxy; the proxy reaches http-lb and http-lb the
+    # servers by Service name (CoreDNS).
+    proxy = services["proxy-access-control"]["spec"]["clusterIP"]
+    code_, _, body = http_get(proxy, 9180, "/edge")
+    assert code_ == 200, body
+    assert body.startswith("proxy-access-control v1") and "via http-lb v" in body and "via clover-server" in body
+    assert http_get(services["snort-ids"]["spec"]["clusterIP"], 80)[0] == 200
+    redis = services["redis"]["spec"]["clusterIP"]
+    assert resp(redis, 6379, b"*1\r\n$4\r\nPING\r\n") == b"+PONG\r\n"
+    assert resp(redis, 6379, b"SET k v\r\n", b"GET k\r\n") == b"+OK\r\n$1\r\nv\r\n"
+    # The kubelet really runs the probes: the redis readiness probe is an exec.
+    assert by_app["redis"][0]["spec"]["containers"][0]["readinessProbe"]["exec"]
+    logs = kubectl(sandbox, "logs", "-n", namespace, by_app["redis"][0]["metadata"]["name"])
+    assert "resp (sdc-app" in logs
+
+
+BROKEN = {
+    # name: (container args, image, memory limit, the one line expected)
+    "crash": (["no-such-command"], None, "32Mi", "container app: CrashLoop: exited with code 1 (Error)"),
+    "never-pull": (["http"], "xci-cn.local/not-there:1", "32Mi",
+                   "container app: ErrImageNeverPull"),
+    "oom": (["http", "--hog-mib=96"], None, "32Mi", "container app: OOMKilled: exceeded its memory limit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_terminal_container_states_fail_the_deploy_promptly(sandbox: dict, tmp_path: Path, case: str) -> None:
+    args, image, memory, expected = BROKEN[case]
+    namespace = f"{case}-{uuid.uuid4().hex[:6]}"
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "app.yaml").write_text(broken_deployment(namespace, args, image, memory))
+    started = time.monotonic()
+    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="3m"))
+    elapsed = time.monotonic() - started
+    assert code == 1, out
+    error = summary["stages"][0]["error"]
+    assert "Deployment " + namespace + "/broken" in error and expected in error, error
+    assert "pod broken-" in error
+    if case == "crash":  # the container's last output, next to the failure
+        assert 'last output: sdc-app: unknown command "no-such-command"' in error, error
+    assert elapsed < 90, f"took {elapsed:.0f}s: a terminal state must not wait for the 3m deadline"
+
+
+def test_failing_readiness_is_named_at_the_deadline(sandbox: dict, tmp_path: Path) -> None:
+    namespace = f"unready-{uuid.uuid4().hex[:6]}"
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "app.yaml").write_text(broken_deployment(namespace, ["http", "--never-ready"], None, "32Mi"))
+    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="15s"))
+    assert code == 1, out
+    error = summary["stages"][0]["error"]
+    assert "Deployment " + namespace + "/broken" in error and "0 of 1 updated replicas available" in error
+    assert "event Unhealthy: Readiness probe failed: HTTP probe failed with statuscode: 503" in error, error
+
+
+def broken_deployment(namespace: str, args: list[str], image: str | None, memory: str) -> str:
+    return f"""apiVersion: v1
+kind: Namespace
+metadata: {{name: {namespace}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: broken, namespace: {namespace}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: broken}}}}
+  template:
+    metadata: {{labels: {{app: broken}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: app
+          image: {image or 'xci-cn.local/sdc-app:' + oci.sdc_app_tag()}
+          imagePullPolicy: Never
+          args: {json.dumps(args)}
+          ports: [{{name: http, containerPort: 8080}}]
+          readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 1}}
+          resources: {{limits: {{memory: {memory}, cpu: 200m}}}}
+"""
+
+
+def test_load_image_runs_a_users_image(sandbox: dict, tmp_path: Path) -> None:
+    binaries = ensure_binaries()
+    tarball = oci.write_oci_tarball(oci.ImageSpec("example.org/netexec:1.0", "agnhost", ("/agnhost",)),
+                                    binaries.path("agnhost"), tmp_path / "netexec.tar")
+    loaded = cli("sandbox", "load-image", str(tarball), "--sandbox", sandbox["name"])
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "loaded example.org/netexec:1.0"
+    renamed = cli("sandbox", "load-image", str(tarball), "--name", "example.org/renamed:2",
+                  "--sandbox", sandbox["name"])
+    assert renamed.returncode == 0, renamed.stderr
+    names = {i["name"] for i in json.loads(cli("sandbox", "images", "--name", sandbox["name"], "--json").stdout)}
+    assert {"example.org/netexec:1.0", "example.org/renamed:2"} <= names
+    namespace = f"load-{uuid.uuid4().hex[:6]}"
+    kubectl(sandbox, "create", "namespace", namespace)
+    kubectl(sandbox, "run", "netexec", "-n", namespace, "--image", "example.org/renamed:2",
+            "--image-pull-policy", "Never", "--port", "8080", "--", "netexec", "--http-port=8080")
+    kubectl(sandbox, "wait", "-n", namespace, "--for", "condition=Ready", "pod/netexec", "--timeout", "60s")
+    pod = json.loads(kubectl(sandbox, "get", "pod", "netexec", "-n", namespace, "-o", "json"))
+    assert http_get(pod["status"]["podIP"], 8080, "/hostname")[2] == "netexec"
+
+
+def _tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _arm64_image(tmp_path: Path) -> Path:
+    config = json.dumps({"architecture": "arm64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+                        ).encode()
+    digest = hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({"schemaVersion": 2, "config": {"digest": f"sha256:{digest}", "size": len(config)},
+                           "layers": []}).encode()
+    mdigest = hashlib.sha256(manifest).hexdigest()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "digest": f"sha256:{mdigest}", "size": len(manifest),
+        "annotations": {"io.containerd.image.name": "example.org/arm:1"}}]}).encode()
+    return _tar(tmp_path / "arm.tar", {"index.json": index, f"blobs/sha256/{digest}": config,
+                                       f"blobs/sha256/{mdigest}": manifest})
+
+
+def _corrupt_image(tmp_path: Path) -> Path:
+    good = oci.write_oci_tarball(oci.ImageSpec("example.org/c:1", "sdc-app", ("/sdc-app",)),
+                                 ensure_binaries().path("sdc-app"), tmp_path / "good.tar")
+    with tarfile.open(good) as archive:
+        files = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
+    layer = max((n for n in files if n.startswith("blobs/")), key=lambda n: len(files[n]))
+    files[layer] = files[layer][:-10] + b"0123456789"
+    return _tar(tmp_path / "corrupt.tar", files)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda tmp: tmp.joinpath("x.tar").write_text("not a tarball") and tmp / "x.tar", "not a tar archive"),
+    (lambda tmp: _tar(tmp / "empty.tar", {"README": b"hi"}), "neither an OCI image layout"),
+    (_corrupt_image, "does not match its digest: the image is corrupt"),
+    (_arm64_image, "image example.org/arm:1 is for linux/arm64; the sandbox's node runs linux/amd64"),
+])
+def test_bad_image_tarballs_are_one_line_exit_2(sandbox: dict, tmp_path: Path, make, message: str) -> None:
+    tarball = make(tmp_path)
+    proc = cli("sandbox", "load-image", str(tarball), "--sandbox", sandbox["name"])
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"xci-cn: {tarball}: ") and message in lines[0]
+
+
+def test_up_without_root_exits_3_naming_the_choice() -> None:
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="xci-cn-nonroot-"))  # outside pytest's root-only tmp
+    home.chmod(0o777)
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           *cli_argv("sandbox", "up", "--name", "nonroot")],
+                          capture_output=True, text=True, timeout=60,
+                          env={"XCI_CN_SANDBOX_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(home)})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3 and len(lines) == 1, proc.stderr
+    assert "real pods need root" in lines[0] and "--pods simulated" in lines[0]
+    assert list(home.iterdir()) == []
+    home.rmdir()
+
+
+def cli_argv(*args: str) -> list[str]:
+    from tests.helpers import XCI_CN
+
+    return [*XCI_CN, *args]
