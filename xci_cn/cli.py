@@ -134,6 +134,42 @@ def validate(file: Path) -> None:
     click.echo(f"{file}: valid scenario {scenario.name!r} with {len(scenario.stages)} stages")
 
 
+@main.command("cnf")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--check", "checks", multiple=True, help="A rule to run (repeatable; default: every default rule).")
+@click.option("--object", "objects", multiple=True, help="Workloads to check: Kind/name or name pattern.")
+@click.option("--namespace", default=None, help="Namespace for objects that name none.")
+def cnf_files(paths: tuple[Path, ...], checks: tuple[str, ...], objects: tuple[str, ...],
+              namespace: str | None) -> int:
+    """Check manifest files against the cnf check's static rules, without a
+    cluster; print each failure with file:document and how to fix it. Exit 1
+    when an essential rule fails."""
+    from pydantic import ValidationError
+
+    from xci_cn.k8s.manifests import load_manifests
+    from xci_cn.sandbox.binaries import find_tool
+    from xci_cn.verify import cnf, kubescore
+
+    try:
+        spec = cnf.CnfCheck(type="cnf", checks=list(checks) or None, objects=list(objects) or ["*"])
+    except ValidationError as exc:
+        raise InvalidInput("; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())) from None
+    subjects = [cnf.Subject.of(m) for m in load_manifests(list(paths), namespace).manifests]
+    binary = find_tool("kube-score")
+    findings = cnf.lint(subjects, spec, lambda bodies: kubescore.score(binary, bodies),
+                        runtime_reason="runtime rules need the deployed pods")
+    for finding in findings:
+        if not finding.passed:
+            click.echo(f"FAILED {finding.case}: {finding.text()}")
+    summary = cnf.summarise(findings, spec)
+    essential = summary["categories"][cnf.ESSENTIAL]
+    click.echo(f"cnf: score {summary['score']}%: {summary['passed']} rules passed, {summary['failed']} failed, "
+               f"{summary['skipped']} skipped ({essential['failed']} essential failed)")
+    if any(not f.passed and spec.blocking(cnf.RULES[f.rule]) for f in findings):
+        return EXIT_FAILED
+    return EXIT_PASSED
+
+
 @main.command("stages")
 def stages_list() -> None:
     """List the registered stage types."""
@@ -311,10 +347,12 @@ def _progress_printer(quiet: bool = False) -> Callable[[str], None]:
 @sandbox.command("build")
 @click.option("--force", is_flag=True, help="Rebuild even when the cache verifies.")
 def sandbox_build(force: bool) -> None:
-    """Build (or verify the cached) sandbox binaries and print their directory."""
-    from xci_cn.sandbox.binaries import ensure_binaries
+    """Build (or verify the cached) sandbox binaries and tools (the cnf
+    check's kube-score); print the sandbox's binary directory."""
+    from xci_cn.sandbox.binaries import ensure_binaries, ensure_tools
 
     binaries = ensure_binaries(progress=_progress_printer(), force=force)
+    ensure_tools(progress=_progress_printer(), force=force)
     click.echo(str(binaries.bin_dir))
 
 

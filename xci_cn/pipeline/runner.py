@@ -380,7 +380,8 @@ class Runner:
                 result = self._attempt(stage_type, ctx, options, spec, log)
                 attempt.duration = time.time() - attempt.started
                 record.checks = [
-                    {"name": c.name, "passed": c.passed, "message": c.message, "details": c.details}
+                    {"name": c.name, "passed": c.passed, "message": c.message, "details": c.details,
+                     "blocking": c.blocking, "skipped": c.skipped}
                     for c in ctx.checks
                 ]
                 record.outputs = result.outputs or {}  # on failure: what the stage did before it
@@ -456,7 +457,7 @@ def outcome_of(exc: BaseException | None, ctx: StageContext, outputs: dict[str, 
     """What an attempt's exception (or its failed checks) means. Only a
     ``TemporaryError`` is worth another attempt; a bug is not."""
     if exc is None:
-        failed = [c for c in ctx.checks if not c.passed]
+        failed = [c for c in ctx.checks if not c.passed and c.blocking]
         if failed:
             names = ", ".join(c.name for c in failed)
             return AttemptResult(Outcome.FAILED, f"{len(failed)} check(s) failed: {names}", outputs)

@@ -64,6 +64,8 @@ class Check:
     passed: bool
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    blocking: bool = True  # False: a failure is reported but does not fail the stage
+    skipped: bool = False  # not judged (nothing to judge, or an accepted exception)
 
 
 @dataclass
@@ -83,12 +85,14 @@ class StageContext:
     checks: list[Check] = field(default_factory=list)
     progress: Any = None  # callable(str) for long steps; None when nobody listens
 
-    def check(self, name: str, passed: bool, message: str = "", **details: Any) -> Check:
-        """Record a verdict; failing checks do not raise by themselves."""
-        item = Check(name, passed, message, details)
+    def check(self, name: str, passed: bool, message: str = "", *, blocking: bool = True,
+              skipped: bool = False, **details: Any) -> Check:
+        """Record a verdict; failing checks do not raise by themselves. A
+        failed blocking check fails the stage when it returns."""
+        item = Check(name, passed, message, details, blocking, skipped)
         self.checks.append(item)
-        self.log.info("check %s: %s%s", name, "passed" if passed else "FAILED",
-                      f" - {message}" if message else "")
+        verdict = "skipped" if skipped else "passed" if passed else "FAILED" if blocking else "failed (not blocking)"
+        self.log.info("check %s: %s%s", name, verdict, f" - {message}" if message else "")
         return item
 
     def report_progress(self, text: str) -> None:

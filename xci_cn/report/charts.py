@@ -472,3 +472,24 @@ def load_svg(per_second: list[dict[str, Any]], steps: list[dict[str, Any]], widt
     parts.append(_text(right, top + plot_h + 18, f"{span} s", anchor="end", fill="#666"))
     parts.append("</svg>")
     return "".join(parts)
+
+
+def counts_svg(counts: dict[str, Any], width: int = WIDE) -> str:
+    """One stacked bar: passed, failed and skipped rules, each segment
+    labelled with its count (the cnf check's categories)."""
+    order = ("passed", "failed", "skipped")
+    values = [max(int(number(counts.get(k)) or 0), 0) for k in order]
+    total = sum(values) or 1
+    height, x = 30, 0.0
+    parts = [f'<svg class="chart counts" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{", ".join(f"{v} {k}" for k, v in zip(order, values, strict=True))}" '
+             f'xmlns="http://www.w3.org/2000/svg" {FONT}>']
+    for key, value in zip(order, values, strict=True):
+        if not value:
+            continue
+        w = value / total * width
+        parts.append(f'<rect class="{key}" x="{x:.1f}" y="2" width="{w:.1f}" height="24" '
+                     f'fill="{STATUS_COLOURS[key]}"><title>{value} {key}</title></rect>')
+        parts.append(_text(x + 6, 19, f"{value} {key}" if w > 70 else str(value), fill="#fff"))
+        x += w
+    return "".join(parts) + "</svg>"

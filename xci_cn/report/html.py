@@ -24,6 +24,7 @@ from xci_cn.report.charts import (
     NARROW,
     STATUS_COLOURS,
     WIDE,
+    counts_svg,
     load_svg,
     metric_series,
     metric_svg,
@@ -265,7 +266,8 @@ def _checks(stages: list[dict[str, Any]]) -> str:
     rows = []
     for stage, check in checks:
         passed = check.get("passed")
-        verdict = "passed" if passed is True else "failed" if passed is False else "unknown"
+        verdict = "skipped" if check.get("skipped") else \
+            "passed" if passed is True else "failed" if passed is False else "unknown"
         details = check.get("details")
         details_html = ""
         if details:
@@ -276,6 +278,38 @@ def _checks(stages: list[dict[str, Any]]) -> str:
             _e(check.get("message") or "") + details_html]))
     return (f'<section class="checks"><h2>Checks: {failed} failed of {len(checks)}</h2>'
             + _table("checks", ["Verdict", "Stage", "Check", "Message"], rows) + "</section>")
+
+
+def _counts_chart(counts: dict[str, Any], width: int) -> str:
+    return counts_svg(counts, width)
+
+
+def _cnf(stage: dict[str, Any]) -> str:
+    """The cnf check's verdicts: per category passed/failed/skipped drawn as
+    a bar, the score, and each rule's status."""
+    outputs = _mapping(stage.get("outputs"))
+    sections = []
+    for result in outputs.get("cnf") or []:
+        if not isinstance(result, dict) or not isinstance(result.get("categories"), dict):
+            continue
+        bars = "".join(f"<h3>{_e(name.capitalize())}: {_e(_percent(counts.get('score')))}</h3>"
+                       + _responsive(functools.partial(_counts_chart, counts))
+                       for name, counts in result["categories"].items() if isinstance(counts, dict))
+        rows = [(f'class="{_e(rule.get("status"))}"', [
+            _badge(rule.get("status")), _e(rule.get("rule")), _e(rule.get("category")),
+            "runtime" if rule.get("runtime") else "static", _e(rule.get("findings")),
+            _duration(rule.get("seconds")) if rule.get("seconds") is not None else "", _e(rule.get("summary"))])
+            for rule in result.get("rules") or [] if isinstance(rule, dict)]
+        sections.append(
+            f'<section class="cnf" data-stage="{_e(stage.get("name"))}"><h2>CNF checks: {_e(stage.get("name"))} — '
+            f"score {_e(_percent(result.get('score')))}</h2>{bars}"
+            + _table("cnf-rules", ["Status", "Rule", "Category", "Kind", "Findings", "Took", "Passes when"], rows)
+            + "</section>")
+    return "".join(sections)
+
+
+def _percent(value: Any) -> str:
+    return "no rule ran" if value is None else f"{value:g}%"
 
 
 def _canary_steps(stage: dict[str, Any]) -> list[dict[str, Any]]:
@@ -363,6 +397,7 @@ def render_html(summary: dict[str, Any], results_dir: Path | None = None,
         present = [name for name in RESULT_FILES if (results_dir / name).is_file()]
         links = " · ".join(f'<a href="{name}">{name}</a>' for name in present)
     canaries = "".join(_canary(stage) for stage in stages)
+    cnf_sections = "".join(_cnf(stage) for stage in stages)
     timeline = _responsive(lambda width: timeline_svg(stages, summary.get("started"),
                                                       summary.get("duration"), width))
     return (
@@ -375,7 +410,7 @@ def render_html(summary: dict[str, Any], results_dir: Path | None = None,
         f"<style>{CSS}</style></head><body><main>"
         f"{_header(summary)}{_problems(stages)}"
         f'<section class="timeline"><h2>Timeline</h2>{timeline}{_stage_table(stages, results_dir)}</section>'
-        f"{_checks(stages)}{canaries}"
+        f"{cnf_sections}{_checks(stages)}{canaries}"
         f"<footer>xci-cn {_e(summary.get('xci_cn_version'))}, rendered from summary.json"
         f"{' · ' + links if links else ''}</footer></main></body></html>\n")
 

@@ -40,7 +40,9 @@ def build_junit(summary: dict[str, Any]) -> JUnitXml:
         suite.add_testcase(case)
         for check in stage.get("checks", []):
             check_case = _case(check["name"], f"xci-cn.{scenario}.{stage['name']}", 0)
-            if not check["passed"]:
+            if check.get("skipped"):
+                check_case.result = [Skipped(check.get("message") or "skipped")]
+            elif not check["passed"]:
                 check_case.result = [Failure(check.get("message") or "check failed")]
             suite.add_testcase(check_case)
     suite.update_statistics()

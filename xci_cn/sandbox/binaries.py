@@ -26,6 +26,10 @@ of what is built; one entry per build step, each kind of entry one builder:
   model: it keeps the asked rate whatever the answers' latency, so a slow
   canary cannot lower its own load; it reports codes and latencies as JSON).
 
+``TOOLS`` lists, in the same kinds of entries, what the pipeline runs beside
+the sandbox (kube-score, the ``cnf`` check's linter), cached in a directory
+of their own so that they serve existing clusters too.
+
 Adding a binary is one entry in ``ARTIFACTS``. Binaries are cached under
 ``$XCI_CN_CACHE`` (default ``~/.cache/xci-cn``) in a directory named after the
 control plane's versions, with a manifest recording each artifact's SHA-256,
@@ -388,15 +392,17 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(bin_dir: Path, versions: Versions | None = None) -> list[str]:
-    """Names of the artifacts that are missing, corrupt, or of another version."""
-    versions = versions or Versions()
+def verify(bin_dir: Path, versions: Versions | None = None,
+           table: tuple[Artifact, ...] | None = None) -> list[str]:
+    """Names of the artifacts (of ``table``, default the sandbox's) that are
+    missing, corrupt, or of another version."""
+    table = artifacts(versions or Versions()) if table is None else table
     try:
         manifest = json.loads((bin_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
-        return all_outputs(versions)
+        return [name for artifact in table for name in artifact.outputs]
     bad = []
-    for artifact in artifacts(versions):
+    for artifact in table:
         for name in artifact.outputs:
             entry = manifest.get(name)
             path = bin_dir / name
@@ -442,6 +448,48 @@ def ensure_binaries(versions: Versions | None = None, progress: Progress | None 
                 raise EnvironmentProblem(f"sandbox binaries still fail verification after a build: "
                                          f"{', '.join(remaining)} in {bin_dir}")
     return SandboxBinaries(bin_dir, versions)
+
+
+# Tools the pipeline runs beside the sandbox, on existing clusters too: cached
+# in a directory of their own (not per control-plane version), same builders.
+TOOLS: tuple[Artifact, ...] = (
+    # The cnf check's linter: Go, about 0.1 s for a graph, JSON output.
+    GoInstall("github.com/zegl/kube-score", "1.20.0", ("cmd/kube-score",), "-s -w -X main.version={version}"),
+)
+
+
+def tools_dir() -> Path:
+    return cache_root() / "tools" / "bin"
+
+
+def find_tool(name: str) -> Path:
+    """The verified binary ``name`` of ``TOOLS``; never builds (a check must
+    not start a Go build): EnvironmentProblem saying how to get it."""
+    tool = next(t for t in TOOLS if name in t.outputs)
+    if verify(tools_dir(), table=(tool,)):
+        module = getattr(tool, "module", "its Go module")
+        raise EnvironmentProblem(f"{name} v{tool.version} is not built: run 'xci-cn sandbox build' (it builds "
+                                 f"{name} from the Go module {module} into {tools_dir()})")
+    return tools_dir() / name
+
+
+def ensure_tools(progress: Progress | None = None, force: bool = False) -> dict[str, Path]:
+    """Build the tools that are missing, corrupt or of another version."""
+    root = tools_dir().parent
+    wanted = list(TOOLS) if force else [t for t in TOOLS if verify(tools_dir(), table=(t,))]
+    if wanted:
+        with _locked(root):
+            builder = _GoBuilder(root, Versions(), progress or (lambda text: None))
+            builder.bin_dir.mkdir(parents=True, exist_ok=True)
+            for tool in wanted:
+                if force or verify(tools_dir(), table=(tool,)):  # another process may have built it
+                    tool.build(builder)
+                    builder.record(tool)
+            remaining = verify(tools_dir(), table=TOOLS)
+            if remaining:
+                raise EnvironmentProblem(f"tools still fail verification after a build: {', '.join(remaining)} "
+                                         f"in {tools_dir()}")
+    return {name: tools_dir() / name for tool in TOOLS for name in tool.outputs}
 
 
 class _GoBuilder:

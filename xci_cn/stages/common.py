@@ -5,15 +5,30 @@ module, never each other."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from xci_cn import settings
 from xci_cn.errors import InvalidInput
+from xci_cn.paths import REPO_ROOT
 from xci_cn.pipeline.stage import StageContext, StageOptions
 from xci_cn.verify.analysis import AnalysisSpec
 from xci_cn.verify.load import TrafficSpec
+
+
+def resolve_manifest_path(raw: str) -> Path:
+    """Relative paths: the working directory first, then the checkout
+    (so bundled samples such as samples/sdc work from anywhere). A path
+    found in neither stays as written, so messages name what the user wrote."""
+    path = Path(raw)
+    if path.is_absolute() or os.path.lexists(path):
+        return path
+    bundled = REPO_ROOT / raw
+    return bundled if os.path.lexists(bundled) else path
+
 
 RouterKind = Literal["istio", "gateway-api"]
 

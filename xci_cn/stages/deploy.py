@@ -7,33 +7,26 @@ by the stage type's pre-flight step, once per run before any stage starts
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from xci_cn.config.model import Duration
 from xci_cn.errors import ScenarioError, StageFailed
-from xci_cn.paths import REPO_ROOT
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
-from xci_cn.stages.common import RoutingOptions, StepTraffic, for_router, provisioned_url, rollout_target
+from xci_cn.stages.common import (
+    RoutingOptions,
+    StepTraffic,
+    for_router,
+    provisioned_url,
+    resolve_manifest_path,
+    rollout_target,
+)
 from xci_cn.verify.analysis import AnalysisSpec
 from xci_cn.verify.load import TrafficSpec
 
 if TYPE_CHECKING:
     from xci_cn.k8s.manifests import ManifestSet
-
-
-def resolve_manifest_path(raw: str) -> Path:
-    """Relative paths: the working directory first, then the checkout
-    (so bundled samples such as samples/sdc work from anywhere). A path
-    found in neither stays as written, so messages name what the user wrote."""
-    path = Path(raw)
-    if path.is_absolute() or os.path.lexists(path):
-        return path
-    bundled = REPO_ROOT / raw
-    return bundled if os.path.lexists(bundled) else path
 
 
 def _key(options: DeployOptions) -> tuple[tuple[str, ...], str | None]:

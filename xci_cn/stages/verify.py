@@ -1,12 +1,15 @@
 """``verify``: decide pass or fail for a deployment.
 
-Checks (each a JUnit testcase): ``platform``, ``mesh``, ``http``, ``split``
-and ``analysis``. A Failed analysis of a canary rolls it back (with the
+Checks (each a JUnit testcase): ``platform``, ``mesh``, ``http``, ``split``,
+``analysis`` and ``cnf``. A Failed analysis of a canary rolls it back (with the
 read-back of the stored routing); Inconclusive follows the spec's policy.
+``cnf`` checks the objects the deploy stage applied (or manifest files): one
+case per finding; a failed essential rule fails the stage.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -15,6 +18,7 @@ from xci_cn.errors import InvalidInput, StageFailed
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
 from xci_cn.stages.common import RoutingOptions, for_router, on_gateway, provisioned_url, rollout_target, start_load
 from xci_cn.verify.analysis import INCONCLUSIVE, AnalysisSpec
+from xci_cn.verify.cnf import CnfCheck
 from xci_cn.verify.load import TrafficSpec
 from xci_cn.verify.platform import PlatformCheck
 from xci_cn.verify.probes import HttpCheck, SplitCheck
@@ -31,7 +35,7 @@ class AnalysisCheck(AnalysisSpec):
     rollback: bool = Field(default=True, description="Roll the canary back when the verdict is Failed.")
 
 
-CheckSpec = Annotated[PlatformCheck | MeshCheck | HttpCheck | SplitCheck | AnalysisCheck,
+CheckSpec = Annotated[PlatformCheck | MeshCheck | HttpCheck | SplitCheck | AnalysisCheck | CnfCheck,
                       Field(discriminator="type")]
 
 
@@ -111,6 +115,8 @@ class VerifyStage:
                     self._split(ctx, options, check, resources)
                 elif isinstance(check, AnalysisCheck):
                     outputs["analysis"].append(self._analysis(ctx, options, check, resources))
+                elif isinstance(check, CnfCheck):
+                    outputs.setdefault("cnf", []).append(self._cnf(ctx, options, check, resources))
         finally:
             for handle in opened:
                 handle.cluster.close()
@@ -212,3 +218,76 @@ class VerifyStage:
             return {**exc.record, "paused": True}
         ctx.check(name, True, record["reason"], verdict=record["verdict"])
         return record
+
+    def _cnf(self, ctx: StageContext, options: VerifyOptions, check: CnfCheck, resources: Any) -> dict[str, Any]:
+        from xci_cn.sandbox.binaries import find_tool
+        from xci_cn.verify import cnf, kubescore
+
+        namespace = check.namespace or options.namespace
+        if check.manifests:
+            subjects = [cnf.Subject.of(m) for m in _manifests(check.manifests, namespace).manifests]
+        else:
+            subjects = _deployed_subjects(ctx, resources(), namespace)
+        binary = find_tool("kube-score") if any(r.linter for r in check.rules()) else None
+        ctx.report_progress(f"cnf: {len(check.rules())} rules on {len(subjects)} objects")
+        findings = cnf.lint(subjects, check, lambda bodies: kubescore.score(binary, bodies) if binary else [],
+                            runtime_reason="a runtime rule needs the deployed pods; `manifests` were given"
+                            if check.manifests else None)
+        seconds = {}
+        runtime_rules = [r for r in check.rules() if r.runtime]
+        if runtime_rules and not check.manifests:
+            from xci_cn.verify.cnf_runtime import Runtime
+
+            runtime = Runtime(resources(), check, ctx.sleep)
+            chosen = cnf.select(subjects, check.objects)
+            services = [s for s in subjects if s.kind == "Service"]
+            for rule in runtime_rules:
+                ctx.report_progress(f"cnf {rule.name}: {len(chosen)} workloads")
+                started = time.monotonic()
+                findings += cnf.apply_allow_list(runtime.check(rule, chosen, services), check.allow)
+                seconds[rule.name] = round(time.monotonic() - started, 2)
+        for finding in findings:
+            rule = cnf.RULES[finding.rule]
+            ctx.check(finding.case, finding.passed, finding.text(), blocking=check.blocking(rule),
+                      skipped=finding.skipped, **finding.details(check.category(rule)))
+        summary = cnf.summarise(findings, check, seconds)
+        ctx.report_progress(f"cnf: score {summary['score']}%, {summary['passed']} passed, "
+                            f"{summary['failed']} failed, {summary['skipped']} skipped")
+        return summary
+
+
+def _manifests(paths: list[str], namespace: str | None) -> Any:
+    from xci_cn.k8s.manifests import load_manifests
+    from xci_cn.stages.common import resolve_manifest_path
+
+    return load_manifests([resolve_manifest_path(p) for p in paths], namespace)
+
+
+def _deployed_subjects(ctx: StageContext, resources: Any, namespace: str | None) -> list[Any]:
+    """The live bodies of what the run's deploy stages applied, each with the
+    file:document it came from (read from the deploy stage's own options)."""
+    from xci_cn.verify.cnf import Subject
+
+    subjects = []
+    deploys = [spec for spec in ctx.scenario.stages if spec.type == "deploy"
+               and (ctx.all_outputs.get(spec.name) or {}).get("applied")]
+    if not deploys:
+        raise InvalidInput("cnf: no deploy stage applied objects before this check; give `manifests` to check "
+                           "files instead")
+    for spec in deploys:
+        applied = {(a["kind"], a["namespace"], a["name"]) for a in ctx.all_outputs[spec.name]["applied"]}
+        for manifest in _manifests(spec.with_["manifests"], spec.with_.get("namespace")).manifests:
+            key = (manifest.kind, manifest.namespace, manifest.name)
+            if key not in applied or (namespace and manifest.namespace not in (None, namespace)):
+                continue
+            info = resources.lookup(manifest.api_version, manifest.kind)
+            if info is None:
+                continue
+            body = resources.get(info, manifest.name, manifest.namespace if info.namespaced else None)
+            if body is None:
+                continue
+            body = {**body, "apiVersion": manifest.api_version, "kind": manifest.kind}
+            body.pop("status", None)
+            body["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+            subjects.append(Subject.of(manifest, body))
+    return subjects
