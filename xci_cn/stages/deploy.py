@@ -129,16 +129,22 @@ class DeployStage:
 
             return pause
         from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
+        from xci_cn.verify.tape import TapeWriter
 
         spec = options.analysis
+        tape = TapeWriter(ctx.results_dir, ctx.stage, ctx.attempt)
         assert options.service and options.namespace and options.canary
 
         def analyse(step: dict[str, Any]) -> None:
+            source = ({"kind": "canary-step", "step": step["step"], "steps": len(options.steps),
+                       "weights": step["weights"]} if options.strategy == "canary"
+                      else {"kind": "bluegreen-switch", "step": step["step"], "steps": 1,
+                            "weights": step["weights"]})
             try:
                 step["analysis"] = judge_step(spec, service=options.service or "",
                                               namespace=options.namespace or "", canary=options.canary or "",
                                               baseline=options.stable, sleep=ctx.sleep, log=ctx.log,
-                                              progress=ctx.report_progress)
+                                              progress=ctx.report_progress, tape=tape, source=source)
             except (AnalysisFailed, AnalysisPaused) as exc:
                 step["analysis"] = exc.record
                 raise

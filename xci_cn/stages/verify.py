@@ -17,6 +17,7 @@ from xci_cn.verify.analysis import INCONCLUSIVE, AnalysisSpec
 from xci_cn.verify.platform import PlatformCheck
 from xci_cn.verify.probes import HttpCheck, SplitCheck
 from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
+from xci_cn.verify.tape import TapeWriter
 
 
 class MeshCheck(StageOptions):
@@ -47,6 +48,7 @@ class VerifyStage:
     def run(self, ctx: StageContext, options: VerifyOptions) -> dict[str, Any]:
         outputs: dict[str, Any] = {"analysis": []}
         opened: list[Any] = []
+        tape = TapeWriter(ctx.results_dir, ctx.stage, ctx.attempt)
 
         def resources() -> Any:
             """The cluster, connected on first need (probes need none)."""
@@ -57,7 +59,7 @@ class VerifyStage:
             return opened[0]
 
         try:
-            for check in options.checks:
+            for index, check in enumerate(options.checks):
                 ctx.raise_if_cancelled()
                 if isinstance(check, HttpCheck):
                     from xci_cn.verify.probes import run_http
@@ -83,7 +85,7 @@ class VerifyStage:
                 elif isinstance(check, SplitCheck):
                     self._split(ctx, options, check, resources)
                 elif isinstance(check, AnalysisCheck):
-                    outputs["analysis"].append(self._analysis(ctx, options, check, resources))
+                    outputs["analysis"].append(self._analysis(ctx, options, check, resources, tape, index))
         finally:
             for handle in opened:
                 handle.cluster.close()
@@ -111,8 +113,8 @@ class VerifyStage:
         probe = run_split(check, expected)
         ctx.check(probe.name, probe.passed, probe.message, **probe.details)
 
-    def _analysis(self, ctx: StageContext, options: VerifyOptions, check: AnalysisCheck,
-                  resources: Any) -> dict[str, Any]:
+    def _analysis(self, ctx: StageContext, options: VerifyOptions, check: AnalysisCheck, resources: Any,
+                  tape: TapeWriter, index: int) -> dict[str, Any]:
         from xci_cn.k8s.strategies.lifecycle import rollback
 
         service = check.service or options.service
@@ -131,7 +133,8 @@ class VerifyStage:
         name = f"analysis {service} {canary}"
         try:
             record = judge_step(check, service=service, namespace=namespace, canary=canary, baseline=baseline,
-                                sleep=ctx.sleep, log=ctx.log, progress=ctx.report_progress)
+                                sleep=ctx.sleep, log=ctx.log, progress=ctx.report_progress, tape=tape,
+                                source={"kind": "verify-check", "index": index})
         except AnalysisFailed as exc:
             ctx.check(name, False, str(exc), verdict=exc.record["verdict"])
             if check.rollback and router is not None:
