@@ -6,7 +6,7 @@ server (dry-run) before anything is applied."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -16,6 +16,9 @@ from xci_cn.paths import REPO_ROOT
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
 from xci_cn.verify.analysis import AnalysisSpec
 
+if TYPE_CHECKING:
+    from xci_cn.verify.tape import TapeWriter
+
 
 def resolve_manifest_path(raw: str) -> Path:
     """Relative paths: the working directory first, then the checkout
@@ -24,6 +27,19 @@ def resolve_manifest_path(raw: str) -> Path:
     if path.is_absolute() or path.exists():
         return path
     return REPO_ROOT / raw
+
+
+class GraphService(StageOptions):
+    """A service of a graph canary (``graph``)."""
+
+    service: str = Field(description="VirtualService/DestinationRule name whose traffic moves.")
+    stable: str | None = Field(default=None, description="Version that has the traffic now (default: the "
+                                                         "stage's stable).")
+    canary: str | None = Field(default=None, description="New version (default: the stage's canary).")
+    host: str | None = Field(default=None, description="Route host (default <service>.<ns>.svc.cluster.local).")
+    app: str | None = Field(default=None, description="`app` label of the versions (default: service).")
+    depends_on: list[str] = Field(default_factory=list, description="Services of the graph this one calls: "
+                                  "they shift and promote first, and roll back after it.")
 
 
 class DeployOptions(StageOptions):
@@ -49,6 +65,10 @@ class DeployOptions(StageOptions):
     timeout: Duration = Field(default=300.0, description="Deadline for the graph to become healthy.")
     analysis: AnalysisSpec | None = Field(default=None, description="Metric analysis between canary "
                                                                     "steps (and after a blue/green switch).")
+    graph: list[GraphService] | None = Field(
+        default=None, min_length=2, description="Canary several services as one unit (instead of `service`): "
+        "weights step in lockstep, the analysis judges each, a failure of any rolls all back in reverse "
+        "dependency order.")
 
     @field_validator("steps")
     @classmethod
@@ -60,7 +80,9 @@ class DeployOptions(StageOptions):
 
     @model_validator(mode="after")
     def _strategy_needs(self) -> DeployOptions:
-        if self.strategy != "rolling":
+        if self.graph is not None:
+            self._graph_needs()
+        elif self.strategy != "rolling":
             missing = [k for k in ("service", "stable", "canary") if not getattr(self, k)]
             if missing:
                 raise ValueError(f"strategy {self.strategy} needs {', '.join(missing)}")
@@ -70,6 +92,38 @@ class DeployOptions(StageOptions):
             raise ValueError(f"strategy {self.strategy} needs namespace")
         self._offline_check()
         return self
+
+    def _graph_needs(self) -> None:
+        if self.strategy != "canary":
+            raise ValueError(f"graph needs strategy canary, not {self.strategy}")
+        if self.service:
+            raise ValueError("give either service or graph")
+        names = [m.service for m in self.graph or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"graph names a service twice: {', '.join(names)}")
+        for member in self.graph or []:
+            stable, canary = member.stable or self.stable, member.canary or self.canary
+            if not (stable and canary):
+                raise ValueError(f"graph service {member.service} needs stable and canary (its own or the stage's)")
+            if stable == canary:
+                raise ValueError(f"graph service {member.service}: stable and canary must differ")
+        if self.analysis is not None and self.analysis.service:
+            raise ValueError("analysis.service cannot be set with graph: each service of the graph is analysed")
+        from xci_cn.k8s.strategies.graph import dependency_order
+
+        try:
+            dependency_order(self.members())
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    def members(self) -> list[Any]:
+        """The graph's services with every default filled in."""
+        from xci_cn.k8s.istio import RolloutTarget
+        from xci_cn.k8s.strategies.graph import Member
+
+        return [Member(RolloutTarget.of(self.namespace or "", m.service, m.host, m.app),
+                       m.stable or self.stable or "", m.canary or self.canary or "", list(m.depends_on))
+                for m in self.graph or []]
 
     def _offline_check(self) -> None:
         """What can be known without a cluster: the files, their YAML, removed APIs."""
@@ -100,7 +154,7 @@ class DeployStage:
         kubeconfig = require_kubeconfig(ctx)
         manifests = load_manifests([resolve_manifest_path(m) for m in options.manifests], options.namespace)
         target = None
-        if options.strategy != "rolling":
+        if options.strategy != "rolling" and not options.graph:
             assert options.namespace and options.service
             target = RolloutTarget.of(options.namespace, options.service, options.host, options.app)
         plan = DeployPlan(manifests, options.strategy, target, options.stable, options.canary,
@@ -108,14 +162,20 @@ class DeployStage:
         cluster = connect(kubeconfig)
         try:
             engine = Engine(Resources(cluster, ctx.cancel), ctx.log, ctx.cancel, ctx.report_progress)
-            strategy = {"rolling": rolling, "bluegreen": bluegreen, "canary": canary}[options.strategy]
             hook = self.step_hook(ctx, options)
-            record = strategy.run(engine, plan, hook)
+            if options.graph:
+                from xci_cn.k8s.strategies import graph
+
+                record = graph.run(engine, plan, options.members(), hook)
+            else:
+                strategy = {"rolling": rolling, "bluegreen": bluegreen, "canary": canary}[options.strategy]
+                record = strategy.run(engine, plan, hook)
         finally:
             cluster.close()
         outputs = record.as_outputs()
         outputs.update({"strategy": options.strategy, "namespace": options.namespace,
-                        "service": options.service, "kubeconfig_used": kubeconfig})
+                        "service": options.service or ", ".join(m.service for m in options.graph or []),
+                        "kubeconfig_used": kubeconfig})
         return outputs
 
     def step_hook(self, ctx: StageContext, options: DeployOptions) -> Any:
@@ -133,7 +193,10 @@ class DeployStage:
 
         spec = options.analysis
         tape = TapeWriter(ctx.results_dir, ctx.stage, ctx.attempt)
-        assert options.service and options.namespace and options.canary
+        assert options.namespace
+        if options.graph:
+            return self._graph_hook(ctx, options, spec, tape)
+        assert options.service and options.canary
 
         def analyse(step: dict[str, Any]) -> None:
             source = ({"kind": "canary-step", "step": step["step"], "steps": len(options.steps),
@@ -148,5 +211,36 @@ class DeployStage:
             except (AnalysisFailed, AnalysisPaused) as exc:
                 step["analysis"] = exc.record
                 raise
+
+        return analyse
+
+    def _graph_hook(self, ctx: StageContext, options: DeployOptions, spec: AnalysisSpec,
+                    tape: TapeWriter) -> Any:
+        """Judge every service of the graph at each step, dependencies first;
+        the first that fails (or pauses) decides for all."""
+        from xci_cn.k8s.strategies.graph import dependency_order
+        from xci_cn.verify.analysis import combine_records
+        from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
+
+        order = dependency_order(options.members())
+
+        def analyse(step: dict[str, Any]) -> None:
+            records: dict[str, Any] = {}
+            try:
+                for member in order:
+                    source = {"kind": "canary-step", "step": step["step"], "steps": len(options.steps),
+                              "weights": step["services"][member.service]["weights"], "service": member.service}
+                    try:
+                        records[member.service] = judge_step(
+                            spec, service=member.service, namespace=options.namespace or "",
+                            canary=member.canary, baseline=member.stable, sleep=ctx.sleep, log=ctx.log,
+                            progress=ctx.report_progress, tape=tape, source=source)
+                    except (AnalysisFailed, AnalysisPaused) as exc:
+                        records[member.service] = exc.record
+                        raise
+            finally:
+                step["analysis"] = combine_records(records)
+                for name, record in records.items():
+                    step["services"][name]["analysis"] = record
 
         return analyse
