@@ -248,3 +248,28 @@ def test_bad_tapes_and_rules_are_one_line_each(mesh_service: tuple, tmp_path: Pa
     rules.write_text("- {name: success, type: success-rate, threshold: 2, op: '=='}\n")
     assert replay_error("--metrics", str(rules)) == f"xci-cn: {rules}:1: [0].op: Input should be '>=', '<=', " \
                                                     "'>' or '<'"
+
+
+def test_a_stage_that_runs_again_replaces_only_its_own_analyses(tmp_path: Path) -> None:
+    """A retry (or a resumed run) of a stage writes a new TapeWriter: its
+    first analysis drops the stage's earlier ones; other stages' stay."""
+    from xci_cn.verify.tape import TapeWriter, read_tape
+
+    spec = AnalysisSpec(metrics=[_stat("p99")], count=1)
+
+    def analyse(writer: TapeWriter, step: int, canary: list[float]) -> None:
+        sure, result = decide(spec, [_measure(spec, {"p99": (canary, BASELINE)})])
+        writer.record(spec, result, "pass" if result.verdict == SUCCESSFUL else "fail",
+                      {"kind": "canary-step", "step": step, "steps": 2, "weights": {"v1": 50, "v2": 50}},
+                      service="http-lb", namespace="sdc", canary="v2", baseline="v1")
+
+    first = TapeWriter(tmp_path, "deploy", 1)
+    analyse(first, 1, BASELINE)
+    analyse(first, 2, SLOWER)
+    analyse(TapeWriter(tmp_path, "verify", 1), 1, BASELINE)
+    retry = TapeWriter(tmp_path, "deploy", 2)
+    analyse(retry, 1, BASELINE)
+    tape, notes = read_tape(tmp_path / "analysis.json")
+    assert notes == []
+    assert [(a.stage, a.attempt, a.id, a.verdict) for a in tape.analyses] == [
+        ("verify", 1, "verify/canary-step-1", SUCCESSFUL), ("deploy", 2, "deploy/canary-step-1", SUCCESSFUL)]
