@@ -203,7 +203,7 @@ def test_sphinx_builds_the_docs_with_warnings_as_errors(tmp_path: Path) -> None:
     assert proc.stderr == ""
     pages = {p.stem for p in DOCS.glob("*.rst")}
     assert pages == {"index", "quickstart", "userguide", "cli", "reference", "jenkins", "architecture",
-                     "benchmarks", "reliability", "reports", "traffic"}
+                     "benchmarks", "reliability", "reports", "traffic", "analysis"}
     for page in pages:
         assert (out / f"{page}.html").is_file(), page
     reference = (out / "reference.html").read_text()

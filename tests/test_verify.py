@@ -245,6 +245,21 @@ def test_bad_canary_is_rolled_back_by_analysis(sandbox: dict, mesh_service: tupl
     report = (tmp_path / "R" / "report.html").read_text()
     assert report.count('<g class="step"') == 4 and report.count('data-action="rollback"') == 2
     assert 'data-metric="request-success-rate"' in report and 'data-passed="false"' in report
+    # The run's analysis tape replays to what was recorded; with a loose
+    # threshold the first measurement passes, but the run took only 1 of its 2
+    # (it stopped at the failure), so the replay cannot call it a pass.
+    same = cli("analysis", "replay", str(tmp_path / "R"))
+    assert same.returncode == 1, same.stderr
+    assert same.stdout.splitlines()[0] == "deploy step 1/4 (v1 90% / v2 10%) v2: Failed (as recorded)"
+    loose = tmp_path / "loose.yaml"
+    loose.write_text("metrics:\n  - {name: request-success-rate, type: success-rate, threshold: 0.1}\n"
+                     "  - {name: request-duration-p99, type: latency-p99, threshold: 500}\n")
+    replayed = cli("analysis", "replay", str(tmp_path / "R"), "--metrics", str(loose))
+    assert replayed.returncode == 1, replayed.stderr
+    lines = replayed.stdout.splitlines()
+    assert lines[:2] == ["deploy step 1/4 (v1 90% / v2 10%) v2: Failed -> Inconclusive",
+                         "  request-success-rate (v2): Failed -> Successful"]
+    assert "the recorded analysis stopped after 1 of 2 measurements" in lines[2]
 
 
 def test_good_canary_passes_every_step_with_analysis(sandbox: dict, mesh_service: tuple, tmp_path: Path
@@ -258,6 +273,23 @@ def test_good_canary_passes_every_step_with_analysis(sandbox: dict, mesh_service
     steps = summary["stages"][0]["outputs"]["steps"]
     assert [s["analysis"]["verdict"] for s in steps] == [SUCCESSFUL] * 4
     assert vs_weights(sandbox, namespace) == {"v1": 0, "v2": 100}
+    # Replayed as recorded it passes; a p99 limit of 1 ms fails step 1, and
+    # the replayed rollout never reaches the later steps.
+    same = cli("analysis", "replay", str(tmp_path / "R"))
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert same.stdout.splitlines()[-1] == "replayed outcome: PASS (recorded: PASS)"
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("- {name: request-success-rate, type: success-rate, threshold: 0.99}\n"
+                      "- {name: request-duration-p99, type: latency-p99, threshold: 1}\n")
+    replayed = cli("analysis", "replay", str(tmp_path / "R"), "--metrics", str(strict))
+    assert replayed.returncode == 1
+    lines = replayed.stdout.splitlines()
+    assert lines[:2] == ["deploy step 1/4 (v1 90% / v2 10%) v2: Successful -> Failed",
+                         "  request-duration-p99 (v2): Successful -> Failed"]
+    assert lines[3:6] == ["deploy step 2/4 (v1 75% / v2 25%) v2: Successful -> not reached",
+                          "deploy step 3/4 (v1 50% / v2 50%) v2: Successful -> not reached",
+                          "deploy step 4/4 (v1 0% / v2 100%) v2: Successful -> not reached"]
+    assert lines[6] == "4 of 4 analysed step(s) changed their verdict"
 
 
 def test_inconclusive_canary_pauses_where_it_is(sandbox: dict, mesh_metrics: tuple, tmp_path: Path) -> None:

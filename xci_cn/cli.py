@@ -523,6 +523,51 @@ for _action in ("promote", "rollback", "status"):
     _rollout_command(_action)
 
 
+# -- analysis ------------------------------------------------------------------------
+@main.group()
+def analysis() -> None:
+    """Re-judge a run's recorded canary analyses (its analysis.json) offline."""
+
+
+@analysis.command("replay")
+@click.argument("results_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--metrics", "rules_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Metric rules (YAML: a list of metrics, or metrics/scoring/failure_limit/error_limit/"
+                   "inconclusive) to judge with instead of the recorded ones.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also render the replay's report.html (from RESULTS_DIR/summary.json) into this directory.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def analysis_replay(results_dir: Path, rules_file: Path | None, report_dir: Path | None, as_json: bool) -> int:
+    """Re-judge RESULTS_DIR/analysis.json without a cluster or Prometheus and
+    print the verdicts per step, and per metric what changed. Exit 0 when the
+    replayed outcome is a pass, 1 when not."""
+    import json
+
+    from xci_cn.verify.replay import load_rules, replay, replayed_summary
+    from xci_cn.verify.tape import TAPE_NAME, read_tape
+
+    tape, notes = read_tape(results_dir / TAPE_NAME)
+    for note in notes:
+        click.echo(f"xci-cn: note: {note}", err=True)
+    rules = load_rules(rules_file) if rules_file else None
+    result = replay(tape, rules, str(rules_file or "--metrics"))
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+    else:
+        for line in result.lines():
+            click.echo(line)
+    if report_dir is not None:
+        from xci_cn.report.html import write_html
+        from xci_cn.report.summary import read_summary
+
+        source = results_dir / "summary.json"
+        if not source.is_file():
+            raise InvalidInput(f"{source}: no such file (the report is rendered from the run's summary)")
+        summary = replayed_summary(read_summary(source), result, str(rules_file) if rules_file else None)
+        click.echo(str(write_html(summary, report_dir / "report.html")), err=as_json)
+    return EXIT_PASSED if result.passed else EXIT_FAILED
+
+
 # -- jenkins (light: heavy imports live inside the commands) -------------------------
 main.add_command(jobs)
 scenarios.add_command(detect)

@@ -336,10 +336,32 @@ def _step_rows(steps: list[dict[str, Any]]) -> str:
         mirror = step.get("mirror")
         if isinstance(mirror, dict):
             notes.append(f"mirror {mirror.get('percent')}% to {mirror.get('subset')}")
+        notes += _graph_notes(step)
         rows.append((f'class="{_e(step.get("action") or "shift")}"', [
             _e(step_label(step, index)), _e(weights), _when(step.get("at")),
             _e(analysis.get("verdict") or "-"), "<br>".join(_e(n) for n in notes)]))
     return _table("steps", ["Step", "Weights", "At", "Analysis", "Notes"], rows)
+
+
+def _graph_notes(step: dict[str, Any]) -> list[str]:
+    """A graph canary's step, per service in the order they moved: weights,
+    verdict, and after a rollback what was read back."""
+    services = step.get("services")
+    if not isinstance(services, dict):
+        return []
+    notes = []
+    for name in step.get("order") or list(services):
+        item = services.get(name)
+        if not isinstance(item, dict):
+            continue
+        weights = ", ".join(f"{k} {v}%" for k, v in (item.get("weights") or {}).items())
+        verdict = (item.get("analysis") or {}).get("verdict") if isinstance(item.get("analysis"), dict) else None
+        read_back = item.get("read_back") if isinstance(item.get("read_back"), dict) else None
+        text = f"{name}: {weights}" + (f", analysis {verdict}" if verdict else "")
+        if read_back is not None:
+            text += ", read back " + ("ok" if read_back.get("ok") else f"FAILED: {read_back.get('problem')}")
+        notes.append(text)
+    return notes
 
 
 def _canary(stage: dict[str, Any]) -> str:

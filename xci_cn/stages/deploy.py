@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from xci_cn.config.model import Duration
-from xci_cn.errors import ScenarioError, StageFailed
+from xci_cn.errors import InvalidInput, ScenarioError, StageFailed
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
 from xci_cn.stages.common import (
     RoutingOptions,
@@ -28,9 +28,25 @@ from xci_cn.verify.load import TrafficSpec
 if TYPE_CHECKING:
     from xci_cn.k8s.manifests import ManifestSet
 
+if TYPE_CHECKING:
+    from xci_cn.verify.tape import TapeWriter
+
 
 def _key(options: DeployOptions) -> tuple[tuple[str, ...], str | None]:
     return (tuple(options.manifests), options.namespace)
+
+
+class GraphService(StageOptions):
+    """A service of a graph canary (``graph``)."""
+
+    service: str = Field(description="VirtualService/DestinationRule name whose traffic moves.")
+    stable: str | None = Field(default=None, description="Version that has the traffic now (default: the "
+                                                         "stage's stable).")
+    canary: str | None = Field(default=None, description="New version (default: the stage's canary).")
+    host: str | None = Field(default=None, description="Route host (default <service>.<ns>.svc.cluster.local).")
+    app: str | None = Field(default=None, description="`app` label of the versions (default: service).")
+    depends_on: list[str] = Field(default_factory=list, description="Services of the graph this one calls: "
+                                  "they shift and promote first, and roll back after it.")
 
 
 class DeployOptions(RoutingOptions):
@@ -60,6 +76,10 @@ class DeployOptions(RoutingOptions):
     traffic: TrafficSpec | None = Field(default=None, description="Load sent through the Gateway from "
                                                                   "the first step on, while the rollout is "
                                                                   "analysed (recorded in the outputs).")
+    graph: list[GraphService] | None = Field(
+        default=None, min_length=2, description="Canary several services as one unit (instead of `service`): "
+        "weights step in lockstep, the analysis judges each, a failure of any rolls all back in reverse "
+        "dependency order.")
 
     @field_validator("steps")
     @classmethod
@@ -71,7 +91,9 @@ class DeployOptions(RoutingOptions):
 
     @model_validator(mode="after")
     def _strategy_needs(self) -> DeployOptions:
-        if self.strategy != "rolling":
+        if self.graph is not None:
+            self._graph_needs()
+        elif self.strategy != "rolling":
             missing = [k for k in ("service", "stable", "canary") if not getattr(self, k)]
             if missing:
                 raise ValueError(f"strategy {self.strategy} needs {', '.join(missing)}")
@@ -80,6 +102,38 @@ class DeployOptions(RoutingOptions):
         if not self.namespace and self.strategy != "rolling":
             raise ValueError(f"strategy {self.strategy} needs namespace")
         return self
+
+    def _graph_needs(self) -> None:
+        if self.strategy != "canary":
+            raise ValueError(f"graph needs strategy canary, not {self.strategy}")
+        if self.service:
+            raise ValueError("give either service or graph")
+        names = [m.service for m in self.graph or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"graph names a service twice: {', '.join(names)}")
+        for member in self.graph or []:
+            stable, canary = member.stable or self.stable, member.canary or self.canary
+            if not (stable and canary):
+                raise ValueError(f"graph service {member.service} needs stable and canary (its own or the stage's)")
+            if stable == canary:
+                raise ValueError(f"graph service {member.service}: stable and canary must differ")
+        if self.analysis is not None and self.analysis.service:
+            raise ValueError("analysis.service cannot be set with graph: each service of the graph is analysed")
+        from xci_cn.k8s.strategies.graph import dependency_order
+
+        try:
+            dependency_order(self.members())
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    def members(self) -> list[Any]:
+        """The graph's services with every default filled in."""
+        from xci_cn.k8s.istio import RolloutTarget
+        from xci_cn.k8s.strategies.graph import Member
+
+        return [Member(RolloutTarget.of(self.namespace or "", m.service, m.host, m.app),
+                       m.stable or self.stable or "", m.canary or self.canary or "", list(m.depends_on))
+                for m in self.graph or []]
 
 
 class DeployStage:
@@ -120,7 +174,7 @@ class DeployStage:
         kubeconfig = require_kubeconfig(ctx)
         manifests = self._manifests(options)
         target = None
-        if options.strategy != "rolling":
+        if options.strategy != "rolling" and not options.graph:
             assert options.namespace and options.service
             target = rollout_target(options.router, options.namespace, options.service, options.host,
                                     options.app, options.route, options.backends)
@@ -130,9 +184,14 @@ class DeployStage:
         traffic = StepTraffic(ctx, options)
         try:
             engine = Engine(Resources(cluster, ctx.cancel), ctx.log, ctx.cancel, ctx.report_progress)
-            strategy = {"rolling": rolling, "bluegreen": bluegreen, "canary": canary}[options.strategy]
             hook = traffic.around(self.step_hook(ctx, options))
-            record = strategy.run(engine, plan, hook)
+            if options.graph:
+                from xci_cn.k8s.strategies import graph
+
+                record = graph.run(engine, plan, options.members(), hook)
+            else:
+                strategy = {"rolling": rolling, "bluegreen": bluegreen, "canary": canary}[options.strategy]
+                record = strategy.run(engine, plan, hook)
         except StageFailed as exc:
             traffic.stop_into(exc.outputs)
             raise
@@ -142,7 +201,8 @@ class DeployStage:
         outputs = record.as_outputs()
         traffic.stop_into(outputs)
         outputs.update({"strategy": options.strategy, "namespace": options.namespace,
-                        "service": options.service, "kubeconfig_used": kubeconfig})
+                        "service": options.service or ", ".join(m.service for m in options.graph or []),
+                        "kubeconfig_used": kubeconfig})
         return outputs
 
     def step_hook(self, ctx: StageContext, options: DeployOptions) -> Any:
@@ -156,19 +216,60 @@ class DeployStage:
 
             return pause
         from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
+        from xci_cn.verify.tape import TapeWriter
 
         spec = for_router(options.analysis, options.router, options.backends)
         prometheus = provisioned_url(ctx, "prometheus_url")
-        assert options.service and options.namespace and options.canary
+        tape = TapeWriter(ctx.results_dir, ctx.stage, ctx.attempt)
+        assert options.namespace
+        if options.graph:
+            return self._graph_hook(ctx, options, spec, tape, prometheus)
+        assert options.service and options.canary
 
         def analyse(step: dict[str, Any]) -> None:
+            source = ({"kind": "canary-step", "step": step["step"], "steps": len(options.steps),
+                       "weights": step["weights"]} if options.strategy == "canary"
+                      else {"kind": "bluegreen-switch", "step": step["step"], "steps": 1,
+                            "weights": step["weights"]})
             try:
                 step["analysis"] = judge_step(spec, service=options.service or "",
                                               namespace=options.namespace or "", canary=options.canary or "",
                                               baseline=options.stable, sleep=ctx.sleep, log=ctx.log,
-                                              progress=ctx.report_progress, prometheus=prometheus)
+                                              progress=ctx.report_progress, tape=tape, source=source,
+                                              prometheus=prometheus)
             except (AnalysisFailed, AnalysisPaused) as exc:
                 step["analysis"] = exc.record
                 raise
+
+        return analyse
+
+    def _graph_hook(self, ctx: StageContext, options: DeployOptions, spec: AnalysisSpec,
+                    tape: TapeWriter, prometheus: str | None) -> Any:
+        """Judge every service of the graph at each step, dependencies first;
+        the first that fails (or pauses) decides for all."""
+        from xci_cn.k8s.strategies.graph import dependency_order
+        from xci_cn.verify.analysis import combine_records
+        from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
+
+        order = dependency_order(options.members())
+
+        def analyse(step: dict[str, Any]) -> None:
+            records: dict[str, Any] = {}
+            try:
+                for member in order:
+                    source = {"kind": "canary-step", "step": step["step"], "steps": len(options.steps),
+                              "weights": step["services"][member.service]["weights"], "service": member.service}
+                    try:
+                        records[member.service] = judge_step(
+                            spec, service=member.service, namespace=options.namespace or "",
+                            canary=member.canary, baseline=member.stable, sleep=ctx.sleep, log=ctx.log,
+                            progress=ctx.report_progress, tape=tape, source=source, prometheus=prometheus)
+                    except (AnalysisFailed, AnalysisPaused) as exc:
+                        records[member.service] = exc.record
+                        raise
+            finally:
+                step["analysis"] = combine_records(records)
+                for name, record in records.items():
+                    step["services"][name]["analysis"] = record
 
         return analyse

@@ -23,6 +23,7 @@ from xci_cn.verify.load import TrafficSpec
 from xci_cn.verify.platform import PlatformCheck
 from xci_cn.verify.probes import HttpCheck, SplitCheck
 from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
+from xci_cn.verify.tape import TapeWriter
 
 
 class MeshCheck(StageOptions):
@@ -70,6 +71,7 @@ class VerifyStage:
         self.preflight(options)  # also when run without the CLI's pre-flight step
         outputs: dict[str, Any] = {"analysis": []}
         opened: list[Any] = []
+        tape = TapeWriter(ctx.results_dir, ctx.stage, ctx.attempt)
 
         def resources() -> Any:
             """The cluster, connected on first need (probes need none)."""
@@ -87,7 +89,7 @@ class VerifyStage:
                     router = self._router(options, resources(), options.service)
                     self._wait_served(ctx, options, router, router.weights())
                 load = start_load(ctx, options.traffic)
-            for check in options.checks:
+            for index, check in enumerate(options.checks):
                 ctx.raise_if_cancelled()
                 check = on_gateway(ctx, check)
                 if isinstance(check, HttpCheck):
@@ -114,7 +116,7 @@ class VerifyStage:
                 elif isinstance(check, SplitCheck):
                     self._split(ctx, options, check, resources)
                 elif isinstance(check, AnalysisCheck):
-                    outputs["analysis"].append(self._analysis(ctx, options, check, resources))
+                    outputs["analysis"].append(self._analysis(ctx, options, check, resources, tape, index))
                 elif isinstance(check, CnfCheck):
                     outputs.setdefault("cnf", []).append(self._cnf(ctx, options, check, resources))
         finally:
@@ -182,8 +184,8 @@ class VerifyStage:
         wait_served(proxy_api, router.target.namespace, router.target.route,
                     {v: router.target.backend(v) for v in weights}, weights, sleep=ctx.sleep)
 
-    def _analysis(self, ctx: StageContext, options: VerifyOptions, check: AnalysisCheck,
-                  resources: Any) -> dict[str, Any]:
+    def _analysis(self, ctx: StageContext, options: VerifyOptions, check: AnalysisCheck, resources: Any,
+                  tape: TapeWriter, index: int) -> dict[str, Any]:
         from xci_cn.k8s.strategies.lifecycle import rollback
 
         service = check.service or options.service
@@ -203,7 +205,8 @@ class VerifyStage:
         try:
             record = judge_step(for_router(check, options.router, options.backends), service=service,
                                 namespace=namespace, canary=canary, baseline=baseline, sleep=ctx.sleep,
-                                log=ctx.log, progress=ctx.report_progress,
+                                log=ctx.log, progress=ctx.report_progress, tape=tape,
+                                source={"kind": "verify-check", "index": index},
                                 prometheus=provisioned_url(ctx, "prometheus_url"))
         except AnalysisFailed as exc:
             ctx.check(name, False, str(exc), verdict=exc.record["verdict"])

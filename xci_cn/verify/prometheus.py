@@ -1,20 +1,33 @@
-"""A small Prometheus HTTP API client (instant queries), for canary analysis.
+"""A small Prometheus HTTP API client (instant and range queries), for
+canary analysis.
 
 Errors are values, not exceptions: analysis turns an unreachable server or a
-bad query into an ``Error`` verdict that names the query."""
+bad query into an ``Error`` verdict that names the query. Results keep the
+series exactly as Prometheus sent them (labels, timestamps, values as
+strings such as ``"NaN"``), so an analysis tape can re-judge them later
+without the server."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 
 
 @dataclass
+class Series:
+    labels: dict[str, str]
+    samples: list[tuple[float, str]]  # (unix seconds, the value as Prometheus wrote it)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"labels": dict(self.labels), "samples": [[t, v] for t, v in self.samples]}
+
+
+@dataclass
 class QueryResult:
-    value: float | None  # None: no data (empty vector, or NaN such as 0/0)
-    error: str | None = None
+    series: list[Series] = field(default_factory=list)
+    error: str | None = None  # the server could not be asked, or refused the query
 
 
 class Prometheus:
@@ -23,32 +36,40 @@ class Prometheus:
         self.timeout = timeout
         self.session = session or requests.Session()
 
-    def query(self, promql: str) -> QueryResult:
-        """Evaluate ``promql`` now; a single-sample vector or a scalar."""
+    def query(self, promql: str, at: float | None = None) -> QueryResult:
+        """Evaluate ``promql`` at ``at`` (default: now): a vector or a scalar."""
+        params: dict[str, Any] = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return self._get("query", params)
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> QueryResult:
+        """Evaluate ``promql`` every ``step`` seconds from ``start`` to ``end``."""
+        return self._get("query_range", {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                                         "step": f"{step:g}"})
+
+    def _get(self, endpoint: str, params: dict[str, Any]) -> QueryResult:
         try:
-            response = self.session.get(f"{self.url}/api/v1/query", params={"query": promql},
-                                        timeout=self.timeout)
+            response = self.session.get(f"{self.url}/api/v1/{endpoint}", params=params, timeout=self.timeout)
         except requests.RequestException as exc:
-            return QueryResult(None, f"Prometheus {self.url} unreachable: {type(exc).__name__}")
+            return QueryResult(error=f"Prometheus {self.url} unreachable: {type(exc).__name__}")
         try:
             body = response.json()
         except ValueError:
-            return QueryResult(None, f"Prometheus answered {response.status_code} without JSON")
+            return QueryResult(error=f"Prometheus answered {response.status_code} without JSON")
         if body.get("status") != "success":
-            return QueryResult(None, f"query failed: {body.get('errorType', '')}: {body.get('error', '')}")
+            return QueryResult(error=f"query failed: {body.get('errorType', '')}: {body.get('error', '')}")
         data = body["data"]
-        if data["resultType"] == "scalar":
-            raw = data["result"][1]
-        elif data["resultType"] == "vector":
-            if not data["result"]:
-                return QueryResult(None)
-            if len(data["result"]) > 1:
-                return QueryResult(None, f"query returned {len(data['result'])} series; aggregate it to one")
-            raw = data["result"][0]["value"][1]
-        else:
-            return QueryResult(None, f"unsupported result type {data['resultType']}")
-        value = float(raw)
-        return QueryResult(None if math.isnan(value) else value)
+        kind, result = data["resultType"], data["result"]
+        if kind == "scalar":
+            return QueryResult([Series({}, [(float(result[0]), str(result[1]))])])
+        if kind == "vector":
+            return QueryResult([Series(item["metric"], [(float(item["value"][0]), str(item["value"][1]))])
+                                for item in result])
+        if kind == "matrix":
+            return QueryResult([Series(item["metric"], [(float(t), str(v)) for t, v in item["values"]])
+                                for item in result])
+        return QueryResult(error=f"unsupported result type {kind}")
 
     def close(self) -> None:
         self.session.close()

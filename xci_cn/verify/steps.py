@@ -10,8 +10,9 @@ from typing import Any
 
 from xci_cn import settings
 from xci_cn.errors import InvalidInput, PermanentError, RolloutPaused
-from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, AnalysisSpec, analyse
+from xci_cn.verify.analysis import AnalysisSpec, analyse, outcome, request_rates
 from xci_cn.verify.prometheus import Prometheus
+from xci_cn.verify.tape import TapeWriter
 
 
 class AnalysisFailed(PermanentError):
@@ -42,26 +43,34 @@ def prometheus_url(spec: AnalysisSpec, provisioned: str | None = None) -> str:
 
 
 def judge_step(spec: AnalysisSpec, *, service: str, namespace: str, canary: str, baseline: str | None,
-               sleep: Callable[[float], None], log: logging.Logger,
-               progress: Callable[[str], None], prometheus: str | None = None) -> dict[str, Any]:
+               sleep: Callable[[float], None], log: logging.Logger, progress: Callable[[str], None],
+               tape: TapeWriter | None = None, source: dict[str, Any] | None = None,
+               prometheus: str | None = None) -> dict[str, Any]:
     """Analyse one step; the record when good enough, else AnalysisFailed or
-    AnalysisPaused. ``sleep`` must wake up (raise) on cancel."""
+    AnalysisPaused. ``sleep`` must wake up (raise) on cancel. With ``tape``,
+    the analysis is recorded on the run's analysis tape; ``source`` says
+    where in the run it happened (xci_cn.verify.tape.TapeSource)."""
+    service, namespace = spec.service or service, spec.namespace or namespace
+    canary, baseline = spec.canary or canary, spec.baseline or baseline
     prom = Prometheus(prometheus_url(spec, prometheus))
     try:
-        result = analyse(prom, spec, service=spec.service or service, namespace=spec.namespace or namespace,
-                         canary=spec.canary or canary, baseline=spec.baseline or baseline, sleep=sleep,
+        result = analyse(prom, spec, service=service, namespace=namespace, canary=canary, baseline=baseline,
+                         sleep=sleep,
                          on_measurement=lambda m: log.info(
-                             "analysis %s: %s", m.verdict, "; ".join(r.rule for r in m.metrics)))
+                             "analysis %s: %s", m.verdict, "; ".join(r.rule for r in m.metrics)),
+                         traffic=lambda: request_rates(prom, spec, service, namespace,
+                                                       [v for v in (canary, baseline) if v]))
     finally:
         prom.close()
+    decision, reason = outcome(spec, result)
     record = result.as_dict()
+    record["reason"] = reason
+    if tape is not None:
+        tape.record(spec, result, decision, source or {"kind": "verify-check"}, service=service,
+                    namespace=namespace, canary=canary, baseline=baseline)
     progress(f"analysis of {canary}: {result.verdict}: {result.reason}")
-    if result.verdict in (FAILED, ERROR):
-        raise AnalysisFailed(result.verdict, result.reason, record)
-    if result.verdict == INCONCLUSIVE:
-        if spec.inconclusive == "fail":
-            raise AnalysisFailed(result.verdict, f"{result.reason} (policy: fail)", record)
-        if spec.inconclusive == "pause":
-            raise AnalysisPaused(result.reason, record)
-        record["reason"] += " (policy: pass)"
+    if decision == "fail":
+        raise AnalysisFailed(result.verdict, reason, record)
+    if decision == "pause":
+        raise AnalysisPaused(reason, record)
     return record
