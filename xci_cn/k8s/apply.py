@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xci_cn.errors import ScenarioError
-from xci_cn.k8s.client import ApiException, translate
+from xci_cn.k8s.client import ApiException, object_not_decodable, translate
 from xci_cn.k8s.health import Target, wait_healthy
 from xci_cn.k8s.manifests import KIND_ORDER, Manifest, ManifestSet, removed_api_problem
 from xci_cn.k8s.resources import FIELD_MANAGER, ResourceInfo, Resources
@@ -236,11 +236,11 @@ def _crds_in(manifests: ManifestSet) -> set[tuple[str, str]]:
 
 def _rejects_input(exc: ApiException) -> bool:
     """The API server refused the object itself (not a permission or an outage).
-    Server-side apply reports a value of the wrong type as a 500 'failed to
-    create typed patch object' — still the manifest's fault."""
+    A value of the wrong type or undecodable data comes back as a 500 — still
+    the manifest's fault (client.object_not_decodable)."""
     if exc.status in (400, 404, 409, 422):
         return True
-    return exc.status == 500 and "failed to create typed patch object" in (exc.body or "")
+    return object_not_decodable(exc)
 
 
 def _server_message(exc: ApiException) -> str:

@@ -87,12 +87,26 @@ def connect(kubeconfig: str | Path, context: str | None = None) -> Cluster:
 TRANSIENT_STATUS = (429, 500, 502, 503, 504)
 
 
+# What the API server says, with a 500, when it cannot turn the submitted
+# object into its type (a wrongly typed value; invalid base64 in a Secret's
+# data): the object's fault, not the server's. Kubernetes gives these no
+# reason or status of their own, so its message decides.
+_OBJECT_NOT_DECODABLE = ("failed to create typed patch object", "failed to convert new object",
+                         "unable to convert unstructured object", "error decoding from json")
+
+
+def object_not_decodable(exc: BaseException) -> bool:
+    """A 500 that is the request's object, not the server: never retried."""
+    return isinstance(exc, ApiException) and exc.status == 500 and \
+        any(text in (exc.body or "") for text in _OBJECT_NOT_DECODABLE)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth another try: the API server (or etcd behind it) is restarting,
     overloaded or briefly unreachable — not a refusal of the request itself."""
     if isinstance(exc, ApiException):
-        if exc.status == 500 and "failed to create typed patch object" in (exc.body or ""):
-            return False  # a manifest with a wrongly typed value, reported as 500 by SSA
+        if object_not_decodable(exc):
+            return False
         return exc.status in TRANSIENT_STATUS or exc.status == 0
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
