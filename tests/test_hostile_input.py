@@ -35,6 +35,21 @@ MANIFESTS = {
     "duplicate": (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice, namespace: n}\n---\n"
                   b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice, namespace: n}\n", "the same object as"),
     "scalar": (b"just a string\n", "not a mapping"),
+    "namespace-list": (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: [a, b]}\n",
+                       "ConfigMap/c: metadata.namespace must be a string, not list"),
+    "namespace-map": (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: {a: b}}\n",
+                      "ConfigMap/c: metadata.namespace must be a string, not dict"),
+    "labels-list": (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, labels: [a]}\n",
+                    "ConfigMap/c: metadata.labels must be a mapping, not list"),
+    "spec-string": (b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: oops\n",
+                    "Deployment/d: spec must be a mapping, not str"),
+    "crd-spec-string": (b"apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n"
+                        b"metadata: {name: ws.example.org}\nspec: oops\n",
+                        "CustomResourceDefinition/ws.example.org: spec must be a mapping, not str"),
+    "crd-no-versions": (b"apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n"
+                        b"metadata: {name: ws.example.org}\nspec: {group: example.org, names: {kind: W}, "
+                        b"versions: oops}\n",
+                        "spec.versions must be a list of mappings with a name"),
 }
 
 
