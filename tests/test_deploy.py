@@ -157,3 +157,64 @@ def test_bad_deploy_options_are_scenario_errors(tmp_path: Path, options: dict, m
     write_scenario(tmp_path, deploy_scenario(manifests, namespace, **options), "s.yaml")
     proc = cli("validate", "s.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and proc.stderr.startswith("xci-cn: s.yaml:6:")
+
+
+@pytest.mark.parametrize("strategy", ["canary", "bluegreen"])
+@pytest.mark.parametrize("breakage,message", [
+    ("no-subset", "DestinationRule {ns}/http-lb has no subset v2 (subsets: v1)"),
+    ("no-rule", "DestinationRule {ns}/http-lb is neither in the manifests nor in the cluster"),
+    ("no-route", "VirtualService {ns}/http-lb has no http route to http-lb.{ns}.svc.cluster.local"),
+])
+def test_missing_routing_objects_are_found_before_anything_is_applied(sandbox: dict, tmp_path: Path, strategy: str,
+                                                                      breakage: str, message: str) -> None:
+    manifests, namespace = sdc_copy(tmp_path)
+    path = manifests / "40-http-lb.yaml"
+    text = path.read_text()
+    if breakage == "no-subset":
+        text = text.replace("    - name: v2\n      labels: {version: v2}\n", "")
+    elif breakage == "no-rule":
+        documents = text.split("\n---\n")
+        text = "\n---\n".join(d for d in documents if "kind: DestinationRule" not in d)
+    else:
+        text = text.replace(f"destination: {{host: http-lb.{namespace}.svc.cluster.local",
+                            f"destination: {{host: elsewhere.{namespace}.svc.cluster.local")
+    path.write_text(text)
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(
+        manifests, namespace, strategy=strategy, service="http-lb", stable="v1", canary="v2"))
+    assert code == 2, out
+    assert message.format(ns=namespace) in summary["stages"][0]["error"], summary["stages"][0]["error"]
+    assert namespace not in kubectl(sandbox, "get", "namespaces", "-o", "name")  # nothing applied
+
+
+def test_a_namespace_neither_in_the_cluster_nor_the_manifests_is_found_before_anything_is_applied(
+        sandbox: dict, tmp_path: Path) -> None:
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "a.yaml").write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: declared-ns-1}\n---\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok, namespace: declared-ns-1}\n---\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lost, namespace: nowhere-ns}\n")
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, "stage-ns-1"))
+    assert code == 2, out
+    assert "a.yaml:9:1: document 3: ConfigMap/lost: namespace nowhere-ns exists neither in the cluster nor in the " \
+           "manifests" in summary["stages"][0]["error"]
+    names = kubectl(sandbox, "get", "namespaces", "-o", "name")
+    assert "declared-ns-1" not in names and "stage-ns-1" not in names and summary["stages"][0]["outputs"] == {}
+
+
+def test_a_missing_stage_namespace_is_created_and_an_existing_one_left_alone(sandbox: dict, tmp_path: Path) -> None:
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    namespace = f"made-{uuid.uuid4().hex[:6]}"
+    (manifests / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {k: v}\n")
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace))
+    assert code == 0, out
+    applied = {(a["kind"], a["name"]): a["action"] for a in summary["stages"][0]["outputs"]["applied"]}
+    assert applied == {("Namespace", namespace): "created", ("ConfigMap", "c"): "created"}
+    kubectl(sandbox, "label", "namespace", namespace, "team=kept")
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace), results="R2")
+    assert code == 0, out
+    applied = {(a["kind"], a["name"]): a["action"] for a in summary["stages"][0]["outputs"]["applied"]}
+    assert applied == {("ConfigMap", "c"): "unchanged"}  # the existing namespace is not touched
+    labels = json.loads(kubectl(sandbox, "get", "namespace", namespace, "-o", "json"))["metadata"]["labels"]
+    assert labels["team"] == "kept"

@@ -102,11 +102,25 @@ def connect(kubeconfig: str | Path, context: str | None = None) -> Cluster:
 TRANSIENT_STATUS = (429, 500, 502, 503, 504)
 
 
+# What the API server says, with a 500, when it cannot turn the submitted
+# object into its type (a wrongly typed value; invalid base64 in a Secret's
+# data): the object's fault, not the server's. Kubernetes gives these no
+# reason or status of their own, so its message decides.
+_OBJECT_NOT_DECODABLE = ("failed to create typed patch object", "failed to convert new object",
+                         "unable to convert unstructured object", "error decoding from json")
+
+
+def object_not_decodable(exc: BaseException) -> bool:
+    """A 500 that is the request's object, not the server: never retried."""
+    return isinstance(exc, ApiException) and exc.status == 500 and \
+        any(text in (exc.body or "") for text in _OBJECT_NOT_DECODABLE)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth another try: the API server (or etcd behind it) is restarting,
     overloaded or briefly unreachable — not a refusal of the request itself."""
     if isinstance(exc, ApiException):
-        if _typed_patch_failure(exc):
+        if object_not_decodable(exc):
             return False
         return exc.status in TRANSIENT_STATUS or exc.status == 0
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
@@ -160,8 +174,8 @@ def api_error(exc: BaseException, what: str) -> XciCnError:
     if isinstance(exc, ApiException):
         status = exc.status or 0
         reason = _api_message(exc)
-        if _typed_patch_failure(exc):
-            status = 422  # a manifest with a wrongly typed value, reported as 500 by SSA
+        if object_not_decodable(exc):
+            status = 422  # a wrongly typed value or undecodable data: a 500, but the object's fault
         kind: type[ApiError]
         if status == 401:
             kind, text = Unauthorized, f"{what}: unauthorized (401): check the kubeconfig's credentials"
@@ -186,10 +200,6 @@ def api_error(exc: BaseException, what: str) -> XciCnError:
 
 FOREIGN_ERRORS = (ApiException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 _WORDS = {403: "forbidden", 404: "not found", 409: "conflict", 400: "rejected", 422: "rejected"}
-
-
-def _typed_patch_failure(exc: ApiException) -> bool:
-    return exc.status == 500 and "failed to create typed patch object" in (exc.body or "")
 
 
 def _causes(exc: ApiException) -> list[dict[str, str]]:

@@ -4,7 +4,9 @@ A stage type has a ``name``, an ``options_model`` (pydantic, validated before
 anything runs) and ``run(ctx, options) -> outputs``. It never prints or exits:
 it logs to ``ctx.log``, reports checks with ``ctx.check`` and raises
 ``xci_cn.errors.StageFailed`` (or a subclass) when it fails; only a
-``TemporaryError`` is retried.
+``TemporaryError`` is retried. It may also define ``preflight(options)``:
+what it can check offline beyond its options, run once per run before any
+stage starts (xci_cn.pipeline.preflight).
 """
 
 from __future__ import annotations
