@@ -280,9 +280,7 @@ def test_down_and_a_killed_run_leave_nothing_on_the_host(real_node_free: None, t
     from tests.leaks import host_state, processes_mentioning
     from xci_cn.sandbox.cluster import Sandbox
 
-    before = host_state()
-    up = cli("sandbox", "up", "--name", "leaks", "--flavor", "aio", "-q", timeout=300)
-    assert up.returncode == 0, up.stderr
+    before = _host_state_then_up("leaks")
     leaks = {"name": "leaks", "kubeconfig": Sandbox("leaks").kubeconfig}
     kubectl(leaks, "run", "web", "--image", f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}",
             "--image-pull-policy", "Never", "--", "http")
@@ -328,3 +326,23 @@ def test_verify_http_checks_reach_services_by_name_through_their_cluster_ip(sand
     assert checks[f"http GET http://proxy-access-control.{namespace}.svc:9180/edge"]["passed"], checks
     assert checks[f"http GET http://snort-ids.{namespace}.svc.cluster.local/"]["passed"], checks
     assert code == 1 and f"Service {namespace}/nothing has no ClusterIP" in summary["stages"][1]["error"], out
+
+
+def _host_state_then_up(name: str, patience: float = 1800) -> dict[str, list[str]]:
+    """The host's state while no real node runs on it, then ``up`` of a real
+    sandbox; on a host shared with other test sessions, wait for their node."""
+    from tests.leaks import host_state
+    from xci_cn.sandbox import node
+
+    deadline = time.monotonic() + patience
+    while True:
+        owner = node.host_owner()
+        if owner and node.running(node.NodeLayout(owner["name"], Path(owner["dir"]))):
+            assert time.monotonic() < deadline, f"the real node stayed taken by {owner}"
+            time.sleep(10)
+            continue
+        before = host_state()
+        up = cli("sandbox", "up", "--name", name, "--flavor", "aio", "-q", timeout=300)
+        if up.returncode == 0:
+            return before
+        assert "real node belongs to" in up.stderr and time.monotonic() < deadline, up.stderr
