@@ -353,3 +353,42 @@ def _host_state_then_up(name: str, patience: float = 1800) -> dict[str, list[str
         if up.returncode == 0:
             return before
         assert "real node belongs to" in up.stderr and time.monotonic() < deadline, up.stderr
+
+
+def test_containerd_restart_keeps_running_pods(sandbox: dict) -> None:
+    from tests.faults import restart_component
+
+    namespace = f"ctrd-{uuid.uuid4().hex[:6]}"
+    kubectl(sandbox, "create", "namespace", namespace)
+    image = f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}"
+    kubectl(sandbox, "run", "web", "-n", namespace, "--image", image, "--image-pull-policy", "Never",
+            "--", "http", "--name=web")
+    kubectl(sandbox, "wait", "-n", namespace, "--for", "condition=Ready", "pod/web", "--timeout", "60s")
+    ip = json.loads(kubectl(sandbox, "get", "pod", "web", "-n", namespace, "-o", "json"))["status"]["podIP"]
+    assert "web v1" in http_get(ip, 8080)[2]
+    restart_component(sandbox["name"], "containerd", 2, node=True)
+    assert "web v1" in http_get(ip, 8080)[2]  # the container outlived its runtime's restart
+    kubectl(sandbox, "run", "after", "-n", namespace, "--image", image, "--image-pull-policy", "Never",
+            "--", "http")
+    kubectl(sandbox, "wait", "-n", namespace, "--for", "condition=Ready", "pod/after", "--timeout", "60s")
+    pod = json.loads(kubectl(sandbox, "get", "pod", "web", "-n", namespace, "-o", "json"))
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    kubectl(sandbox, "delete", "namespace", namespace, "--wait=false")
+
+
+def test_deploy_rides_out_a_kubelet_stopped_for_10s(sandbox: dict, tmp_path: Path) -> None:
+    import threading
+
+    from tests.faults import restart_component
+
+    manifests, namespace = sdc_copy(tmp_path)
+    stopper = threading.Timer(1.0, restart_component, (sandbox["name"], "kubelet", 10), {"node": True})
+    stopper.start()
+    started = time.monotonic()
+    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="3m"))
+    stopper.join()
+    assert code == 0, out
+    assert summary["stages"][0]["outputs"]["counts"]["created"] == 20
+    assert time.monotonic() - started < 180
+    nodes = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)["nodes"]
+    assert next(n for n in nodes if n["name"] == "node1")["ready"]
