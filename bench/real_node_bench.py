@@ -35,9 +35,12 @@ SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "sdc"
 def sandbox_pids(home: Path, name: str) -> list[int]:
     """Every process of the sandbox: those naming its directories (control
     plane, node components, shims) and the containers in its cgroup."""
+    from xci_cn.sandbox.node import NodeLayout
+
+    layout = NodeLayout(name, home / name)
     pids = {pid for pid, _ in processes_mentioning(str(home / name))}
-    pids |= {pid for pid, _ in processes_mentioning(f"/run/xci-cn/{name}/")}
-    for procs in Path(f"/sys/fs/cgroup/pids/xci-cn-{name}").rglob("cgroup.procs"):
+    pids |= {pid for pid, _ in processes_mentioning(str(layout.run_dir) + "/")}
+    for procs in Path(f"/sys/fs/cgroup/pids/{layout.cgroup_name}").rglob("cgroup.procs"):
         pids |= {int(p) for p in procs.read_text().split()}
     return sorted(pids)
 

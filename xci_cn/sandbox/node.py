@@ -72,8 +72,16 @@ class NodeLayout:
         return self.sandbox_dir / "node"
 
     @property
+    def id(self) -> str:
+        """Name and a hash of the directory: sandboxes of one name in two
+        homes (two users, two test sessions) never share host paths."""
+        import hashlib
+
+        return f"{self.sandbox_name}-{hashlib.sha256(str(self.sandbox_dir).encode()).hexdigest()[:8]}"
+
+    @property
     def run_dir(self) -> Path:
-        return Path("/run/xci-cn") / self.sandbox_name
+        return Path("/run/xci-cn") / self.id
 
     @property
     def socket(self) -> Path:
@@ -99,7 +107,7 @@ class NodeLayout:
 
     @property
     def cgroup_name(self) -> str:
-        return f"xci-cn-{self.sandbox_name}"
+        return f"xci-cn-{self.id}"
 
     @property
     def gateway(self) -> str:
@@ -107,7 +115,7 @@ class NodeLayout:
 
     @property
     def network_name(self) -> str:
-        return f"xci-cn-{self.sandbox_name}"
+        return f"xci-cn-{self.id}"
 
     def pid_file(self, component: str) -> Path:
         return self.dir / "pids" / f"{component}.pid"
