@@ -41,7 +41,10 @@ INTERVAL = 3.0  # as ANALYSIS (the tests' and the bundled scenarios' canary anal
 
 
 def attack(url: str, rate: int, seconds: float, work: Path) -> dict:
-    load = Load(cached_tool("vegeta"), TrafficSpec(url=url, rate=rate, duration=seconds, timeout=2), None, work)
+    # Past the ceiling a scenario may ask for, to find where the proxy stops keeping up.
+    spec = TrafficSpec.model_construct(**{**TrafficSpec(url=url).model_dump(), "rate": rate, "duration": seconds,
+                                          "timeout": 2.0})
+    load = Load(cached_tool("vegeta"), spec, None, work)
     load.start()
     assert load.process is not None
     load.process.wait(timeout=seconds + 30)

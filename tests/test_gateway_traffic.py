@@ -229,6 +229,10 @@ def test_canary_on_real_traffic_judged_by_the_proxy_metrics(gateway_sandbox: dic
     assert steps[1]["measured"] == {"v2": 100.0}
     traffic = outputs["traffic"]
     assert traffic["codes"] == {"200": traffic["requests"]} and traffic["rate_asked"] == 40
+    # report.html draws the measured shares beside the weights, and the load sent.
+    report = (tmp_path / "R" / "report.html").read_text()
+    assert 'class="chart load"' in report and 'class="measured" data-version="v2"' in report
+    assert f"{traffic['requests']} requests to " in report
 
 
 def test_bad_canary_is_rolled_back_on_its_failing_requests(gateway_sandbox: dict, tmp_path: Path,
