@@ -71,6 +71,22 @@ def _up_when_the_real_node_is_free(start: Any, patience: float = 1800) -> None:
             time.sleep(10)
 
 
+@pytest.fixture(scope="session")
+def gateway_sandbox(isolated_sandbox_home: Path) -> Iterator[dict]:
+    """A sandbox with kwok-simulated pods for the data-plane tests whose
+    backends are servers of the tests (the proxy, Prometheus and the Gateway
+    API do not need the host's one real node): ``{"name", "kubeconfig",
+    "api_url"}``."""
+    from xci_cn.sandbox import cluster
+
+    name = "xci-cn-gateway"
+    result = cluster.up(name, "aio", istio=True, pods="simulated")
+    try:
+        yield {"name": name, "kubeconfig": result.sandbox.kubeconfig, "api_url": result.api_url}
+    finally:
+        cluster.down(name, missing_ok=True)
+
+
 @pytest.fixture
 def real_node_free(session_sandbox: None) -> None:
     """The host's real node is free for a test's own sandbox."""

@@ -48,32 +48,32 @@ def rollout_cli(sandbox: dict, action: str, namespace: str) -> tuple[int, dict |
     return proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, proc.stderr
 
 
-def test_canary_steps_the_httproute_weights_then_promote(sandbox: dict, tmp_path: Path) -> None:
+def test_canary_steps_the_httproute_weights_then_promote(gateway_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
-    code, summary, out = run(tmp_path, sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
+    code, summary, out = run(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                steps=[10, 50, 100], **GATEWAY))
     assert code == 0, out
     steps = summary["stages"][0]["outputs"]["steps"]
     assert [s["weights"] for s in steps] == [{"v1": 90, "v2": 10}, {"v1": 50, "v2": 50}, {"v1": 0, "v2": 100}]
-    assert stored_weights(sandbox, namespace) == {"http-lb-v1": 0, "http-lb-v2": 100}
-    code, status, err = rollout_cli(sandbox, "status", namespace)
+    assert stored_weights(gateway_sandbox, namespace) == {"http-lb-v1": 0, "http-lb-v2": 100}
+    code, status, err = rollout_cli(gateway_sandbox, "status", namespace)
     assert code == 0, err
     assert status["router"] == "gateway-api" and status["route"] == f"HTTPRoute {namespace}/http-lb"
     assert status["weights"] == {"v1": 0, "v2": 100} and status["rollout"]["phase"] == "completed"
-    code, promoted, err = rollout_cli(sandbox, "promote", namespace)
+    code, promoted, err = rollout_cli(gateway_sandbox, "promote", namespace)
     assert code == 0, err
     assert promoted["stable"] == "v2" and promoted["scaled_down"] == ["http-lb-v1"]
-    assert stored_weights(sandbox, namespace) == {"http-lb-v2": 100}
-    v1 = json.loads(kubectl(sandbox, "get", "deploy", "http-lb-v1", "-n", namespace, "-o", "json"))
+    assert stored_weights(gateway_sandbox, namespace) == {"http-lb-v2": 100}
+    v1 = json.loads(kubectl(gateway_sandbox, "get", "deploy", "http-lb-v1", "-n", namespace, "-o", "json"))
     assert v1["spec"]["replicas"] == 0
     # The rest of the stored route is the user's, untouched.
-    route = stored_route(sandbox, namespace)
+    route = stored_route(gateway_sandbox, namespace)
     assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
                                             "name": "edge", "namespace": "xci-gateway"}]
     assert route["spec"]["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
 
 
-def test_rollback_reads_back_the_stored_httproute(sandbox: dict, tmp_path: Path) -> None:
+def test_rollback_reads_back_the_stored_httproute(gateway_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
     text = route_scenario(manifests, routes, namespace, strategy="canary", steps=[25, 100], **GATEWAY) + f"""\
   - name: rollback
@@ -81,28 +81,28 @@ def test_rollback_reads_back_the_stored_httproute(sandbox: dict, tmp_path: Path)
     needs: [deploy]
     with: {{action: rollback, namespace: {namespace}, service: http-lb, router: gateway-api}}
 """
-    code, summary, out = run(tmp_path, sandbox, text)
+    code, summary, out = run(tmp_path, gateway_sandbox, text)
     assert code == 0, out
     rollback = summary["stages"][1]
     assert rollback["outputs"]["read_back"] == {"weights": {"v1": 100}, "ok": True}
     assert rollback["checks"][0]["passed"]
-    rule = stored_route(sandbox, namespace)["spec"]["rules"][0]
+    rule = stored_route(gateway_sandbox, namespace)["spec"]["rules"][0]
     assert [(r["name"], r["weight"]) for r in rule["backendRefs"]] == [("http-lb-v1", 100)]
     assert "filters" not in rule
-    v2 = json.loads(kubectl(sandbox, "get", "deploy", "http-lb-v2", "-n", namespace, "-o", "json"))
+    v2 = json.loads(kubectl(gateway_sandbox, "get", "deploy", "http-lb-v2", "-n", namespace, "-o", "json"))
     assert v2["spec"]["replicas"] == 0
 
 
-def test_bluegreen_switch_then_rollback_from_the_cli(sandbox: dict, tmp_path: Path) -> None:
+def test_bluegreen_switch_then_rollback_from_the_cli(gateway_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
-    code, summary, out = run(tmp_path, sandbox, route_scenario(manifests, routes, namespace,
+    code, summary, out = run(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace,
                                                                strategy="bluegreen", **GATEWAY))
     assert code == 0, out
-    assert stored_weights(sandbox, namespace) == {"http-lb-v1": 0, "http-lb-v2": 100}
-    code, back, err = rollout_cli(sandbox, "rollback", namespace)
+    assert stored_weights(gateway_sandbox, namespace) == {"http-lb-v1": 0, "http-lb-v2": 100}
+    code, back, err = rollout_cli(gateway_sandbox, "rollback", namespace)
     assert code == 0, err
     assert back["read_back"]["ok"] is True
-    assert stored_weights(sandbox, namespace) == {"http-lb-v1": 100}
+    assert stored_weights(gateway_sandbox, namespace) == {"http-lb-v1": 100}
 
 
 def _without_v2_service(routes: Path) -> None:
@@ -128,32 +128,32 @@ def _with_foreign_backend(routes: Path) -> None:
     (None, {"mirror": 10}, "HTTPRoute {ns}/http-lb: mirror is not available: Traefik does not implement "
                            "the Gateway API RequestMirror filter"),
 ], ids=["missing-route", "missing-backend-service", "foreign-backend", "mirror-on-traefik"])
-def test_bad_routing_stops_before_any_weight_moves(sandbox: dict, tmp_path: Path, break_it, options: dict,
+def test_bad_routing_stops_before_any_weight_moves(gateway_sandbox: dict, tmp_path: Path, break_it, options: dict,
                                                    message: str) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
     if break_it is not None:
         break_it(routes)
-    code, summary, out = run(tmp_path, sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
+    code, summary, out = run(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                **{**GATEWAY, **options}))
     assert code == 2, out
     error = summary["stages"][0]["error"]
     assert message.format(ns=namespace) in error and "\n" not in error, out
     assert "deploy failed" in out and "Traceback" not in out
-    route = stored_route(sandbox, namespace)  # what the user applied, as applied
+    route = stored_route(gateway_sandbox, namespace)  # what the user applied, as applied
     assert "xci-cn.opnfv.org/rollout" not in (route["metadata"].get("annotations") or {})
     assert route["spec"]["rules"][0]["backendRefs"][:2] == [
         {"group": "", "kind": "Service", "name": "http-lb-v1", "port": 9180, "weight": 100},
         {"group": "", "kind": "Service", "name": "http-lb-v2", "port": 9180, "weight": 0}]
 
 
-def test_a_gateway_api_version_the_cluster_does_not_serve(sandbox: dict, tmp_path: Path) -> None:
+def test_a_gateway_api_version_the_cluster_does_not_serve(gateway_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
     path = routes / "45-http-lb-route.yaml"
     path.write_text(path.read_text().replace("gateway.networking.k8s.io/v1\n",
                                              "gateway.networking.k8s.io/v1alpha2\n"))
-    code, summary, out = run(tmp_path, sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
+    code, summary, out = run(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                **GATEWAY))
     assert code == 2, out
     assert "45-http-lb-route.yaml:28: document 3: HTTPRoute/http-lb: kind HTTPRoute is not served by the " \
            "cluster in apiVersion gateway.networking.k8s.io/v1alpha2" in summary["stages"][0]["error"]
-    assert namespace not in kubectl(sandbox, "get", "namespaces", "-o", "name")
+    assert namespace not in kubectl(gateway_sandbox, "get", "namespaces", "-o", "name")

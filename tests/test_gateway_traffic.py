@@ -34,6 +34,7 @@ class VersionServer:
         self.version = version
         self.fail_every = 0
         self.count = 0
+        self.dead = False
         lock = threading.Lock()
         owner = self
 
@@ -41,6 +42,10 @@ class VersionServer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                if owner.dead:  # a killed process: the connection drops, nothing answers
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 with lock:
                     owner.count += 1
                     failing = owner.fail_every and owner.count % owner.fail_every == 0
@@ -58,6 +63,12 @@ class VersionServer:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def kill(self) -> None:
+        """Like a killed pod: no more answers, open connections dropped."""
+        self.dead = True
+        self.server.shutdown()
+        self.server.server_close()
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -131,9 +142,9 @@ installer: sandbox
 stages:
   - name: provision
     type: provision
-    with: {{reuse: true}}
+    with: {{reuse: true, pods: simulated}}
 {stages}""", "s.yaml")
-    proc = cli("run", "--scenario", "s.yaml", "--flavor", "mini", "--sandbox-name", sandbox["name"],
+    proc = cli("run", "--scenario", "s.yaml", "--flavor", "aio", "--sandbox-name", sandbox["name"],
                "--results-dir", "R", cwd=tmp_path, timeout=300)
     path = tmp_path / "R" / "summary.json"
     return proc.returncode, json.loads(path.read_text()) if path.exists() else {}, proc.stdout + proc.stderr
@@ -153,10 +164,29 @@ ANALYSIS = """analysis:
           - {name: p99, type: latency-p99, threshold: 500, no_data: skip}"""
 
 
-def test_split_probe_measures_the_route_weights_on_real_requests(sandbox: dict, tmp_path: Path,
+def canary_stages(manifests: Path, namespace: str, analysis: str = ANALYSIS, steps: str = "[25, 50, 100]"
+                   ) -> str:
+    return f"""  - name: deploy
+    type: deploy
+    needs: [provision]
+    with:
+      manifests: ["{manifests}"]
+      namespace: {namespace}
+      strategy: canary
+      router: gateway-api
+      service: http-lb
+      stable: v1
+      canary: v2
+      steps: {steps}
+      traffic: {{rate: 40, path: /{namespace}/, timeout: 2s}}
+      {analysis}
+"""
+
+
+def test_split_probe_measures_the_route_weights_on_real_requests(gateway_sandbox: dict, tmp_path: Path,
                                                                  backends: dict) -> None:
     manifests, namespace = graph(tmp_path, backends, (80, 20))
-    code, summary, out = run_on_sandbox(tmp_path, sandbox, f"""  - name: deploy
+    code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, f"""  - name: deploy
     type: deploy
     needs: [provision]
     with: {{manifests: ["{manifests}"], namespace: {namespace}}}
@@ -182,24 +212,11 @@ def test_split_probe_measures_the_route_weights_on_real_requests(sandbox: dict, 
     assert set(traffic["versions"]) == {"v1", "v2"} and traffic["latency_ms"]["p99"] > 0
 
 
-def test_canary_on_real_traffic_judged_by_the_proxy_metrics(sandbox: dict, tmp_path: Path,
+def test_canary_on_real_traffic_judged_by_the_proxy_metrics(gateway_sandbox: dict, tmp_path: Path,
                                                             backends: dict) -> None:
     manifests, namespace = graph(tmp_path, backends)
-    code, summary, out = run_on_sandbox(tmp_path, sandbox, f"""  - name: deploy
-    type: deploy
-    needs: [provision]
-    with:
-      manifests: ["{manifests}"]
-      namespace: {namespace}
-      strategy: canary
-      router: gateway-api
-      service: http-lb
-      stable: v1
-      canary: v2
-      steps: [25, 100]
-      traffic: {{rate: 40, path: /{namespace}/}}
-      {ANALYSIS}
-""")
+    code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox,
+                                        canary_stages(manifests, namespace, steps="[25, 100]"))
     assert code == 0, out
     outputs = stage(summary, "deploy")["outputs"]
     steps = outputs["steps"]
@@ -212,27 +229,18 @@ def test_canary_on_real_traffic_judged_by_the_proxy_metrics(sandbox: dict, tmp_p
     assert steps[1]["measured"] == {"v2": 100.0}
     traffic = outputs["traffic"]
     assert traffic["codes"] == {"200": traffic["requests"]} and traffic["rate_asked"] == 40
+    # report.html draws the measured shares beside the weights, and the load sent.
+    report = (tmp_path / "R" / "report.html").read_text()
+    assert 'class="chart load"' in report and 'class="measured" data-version="v2"' in report
+    assert f"{traffic['requests']} requests to " in report
 
 
-def test_bad_canary_is_rolled_back_on_its_failing_requests(sandbox: dict, tmp_path: Path,
+def test_bad_canary_is_rolled_back_on_its_failing_requests(gateway_sandbox: dict, tmp_path: Path,
                                                            backends: dict) -> None:
     backends["v2"].fail_every = 2  # half of v2's answers are 500
     try:
         manifests, namespace = graph(tmp_path, backends)
-        code, summary, out = run_on_sandbox(tmp_path, sandbox, f"""  - name: deploy
-    type: deploy
-    needs: [provision]
-    with:
-      manifests: ["{manifests}"]
-      namespace: {namespace}
-      strategy: canary
-      router: gateway-api
-      service: http-lb
-      stable: v1
-      canary: v2
-      steps: [25, 50, 100]
-      traffic: {{rate: 40, path: /{namespace}/}}
-      {ANALYSIS}
+        code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, canary_stages(manifests, namespace) + f"""\
   - name: after-rollback
     type: verify
     needs: [deploy]
@@ -254,7 +262,107 @@ def test_bad_canary_is_rolled_back_on_its_failing_requests(sandbox: dict, tmp_pa
     assert [s["action"] for s in steps] == ["shift", "rollback"]
     assert deploy["outputs"]["rollout"]["read_back"] == {"weights": {"v1": 100}, "ok": True}
     assert deploy["outputs"]["traffic"]["codes"]["500"] > 0
-    rule = json.loads(kubectl(sandbox, "get", "httproute", "http-lb", "-n", namespace, "-o", "json"))
+    rule = json.loads(kubectl(gateway_sandbox, "get", "httproute", "http-lb", "-n", namespace, "-o", "json"))
     assert [(r["name"], r["weight"]) for r in rule["spec"]["rules"][0]["backendRefs"]] == [("http-lb-v1", 100)]
     split = stage(summary, "after-rollback")["checks"][0]
     assert split["passed"] and split["details"]["observed"] == {"v1": 100.0}, split
+
+
+def _during_first_step(backends: dict, action) -> threading.Thread:
+    """Run ``action`` once the canary gets the first step's real requests."""
+    start = backends["v2"].count
+
+    def watch() -> None:
+        import time
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if backends["v2"].count >= start + 5:
+                action()
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _stored_backends(sandbox: dict, namespace: str) -> list:
+    route = json.loads(kubectl(sandbox, "get", "httproute", "http-lb", "-n", namespace, "-o", "json"))
+    return [(r["name"], r["weight"]) for r in route["spec"]["rules"][0]["backendRefs"]]
+
+
+def _component_pid(sandbox: dict, component: str) -> int:
+    from xci_cn.sandbox.cluster import Sandbox
+
+    return Sandbox(sandbox["name"]).running_components()[component]
+
+
+def test_a_killed_canary_backend_is_seen_by_the_analysis_and_rolled_back(gateway_sandbox: dict, tmp_path: Path,
+                                                                        backends: dict) -> None:
+    manifests, namespace = graph(tmp_path, backends)
+    killed = {}
+
+    def kill() -> None:  # the canary's server goes away: connections are refused
+        killed["port"] = backends["v2"].port
+        backends["v2"].kill()
+
+    watcher = _during_first_step(backends, kill)
+    try:
+        code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, canary_stages(manifests, namespace))
+    finally:
+        watcher.join(timeout=5)
+        if killed:  # a new v2 for the tests after this one
+            backends["v2"] = VersionServer(backends["v1"].server.server_address[0], "v2")
+    assert killed and code == 1, out
+    deploy = stage(summary, "deploy")
+    assert "canary v2 rolled back at step 1 (25%): analysis Failed:" in deploy["error"], deploy["error"]
+    assert deploy["outputs"]["traffic"]["codes"].get("502", 0) > 0
+    assert _stored_backends(gateway_sandbox, namespace) == [("http-lb-v1", 100)]
+
+
+def test_prometheus_gone_ends_in_an_error_verdict_after_its_limit(gateway_sandbox: dict, tmp_path: Path,
+                                                                  backends: dict) -> None:
+    import signal
+
+    manifests, namespace = graph(tmp_path, backends)
+    pid = _component_pid(gateway_sandbox, "prometheus")
+    analysis = ANALYSIS.replace("count: 2", "count: 4\n        error_limit: 2")
+    watcher = _during_first_step(backends, lambda: os.kill(pid, signal.SIGSTOP))
+    try:
+        code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, canary_stages(manifests, namespace, analysis))
+    finally:
+        watcher.join(timeout=5)
+        os.kill(pid, signal.SIGCONT)
+    assert code == 1, out
+    error = stage(summary, "deploy")["error"]
+    assert "analysis Error: 2 measurements in a row could not be taken: success: Prometheus " in error, error
+    assert "unreachable: ReadTimeout" in error and "read-back: v1 has 100%" in error
+    assert _stored_backends(gateway_sandbox, namespace) == [("http-lb-v1", 100)]
+
+
+def test_the_proxy_stopped_for_5s_leaves_no_data_and_the_policy_decides(gateway_sandbox: dict, tmp_path: Path,
+                                                                       backends: dict) -> None:
+    import signal
+    import time
+
+    manifests, namespace = graph(tmp_path, backends)
+    pid = _component_pid(gateway_sandbox, "traefik")
+
+    def pause_proxy() -> None:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(5)
+        os.kill(pid, signal.SIGCONT)
+
+    analysis = ANALYSIS.replace("window: 6s", "window: 3s")
+    watcher = _during_first_step(backends, pause_proxy)
+    try:
+        code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, canary_stages(manifests, namespace, analysis))
+    finally:
+        watcher.join(timeout=15)
+        os.kill(pid, signal.SIGCONT)
+    assert code == 1, out
+    error = stage(summary, "deploy")["error"]
+    assert "canary v2 rolled back at step 1 (25%): analysis Failed: " in error
+    assert "success of v2: no data (policy: fail)" in error, error
+    assert _stored_backends(gateway_sandbox, namespace) == [("http-lb-v1", 100)]

@@ -33,7 +33,8 @@ def _until(what: str, probe, timeout: float = 60.0):
     raise AssertionError(f"{what} not seen in {timeout:g}s (last: {last!r})")
 
 
-def test_sandbox_serves_the_gateway_and_prometheus_scrapes_the_proxy(sandbox: dict) -> None:
+def test_sandbox_serves_the_gateway_and_prometheus_scrapes_the_proxy(gateway_sandbox: dict) -> None:
+    sandbox = gateway_sandbox
     report = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)
     gateway, prometheus = urlparse(report["gateway_url"]), urlparse(report["prometheus_url"])
     assert gateway.hostname == prometheus.hostname == "127.0.0.1"
