@@ -20,12 +20,12 @@ fi
 
 # Debian packages (only with an option and as root, so a developer's laptop
 # is never changed behind their back): --node, what the sandbox's real node
-# needs (runc and the CNI plugins come from Debian: bookworm's runc 1.1.5 and
+# and its Prometheus need (runc and the CNI plugins come from Debian: bookworm's runc 1.1.5 and
 # plugins 1.1.1 run it, see docs/architecture.rst); --system, that and what
 # the tests use.
 node_packages=("runc:runc" "iptables:iptables" "conntrack:conntrack" "ip:iproute2"
-               "/usr/lib/cni/bridge:containernetworking-plugins")
-test_packages=("prometheus:prometheus" "chromium:chromium" "chromedriver:chromium-driver")
+               "/usr/lib/cni/bridge:containernetworking-plugins" "prometheus:prometheus")
+test_packages=("chromium:chromium" "chromedriver:chromium-driver")
 case "${1:-}" in
   --system) wanted=("${node_packages[@]}" "${test_packages[@]}") ;;
   --node) wanted=("${node_packages[@]}") ;;
