@@ -66,7 +66,8 @@ def _up_when_the_real_node_is_free(start: Any, patience: float = 1800) -> None:
             start()
             return
         except EnvironmentProblem as exc:
-            if "real node belongs to" not in str(exc) or time.monotonic() > deadline:
+            busy = ("real node belongs to", "no sandbox owns it", "pod subnet")
+            if not any(text in str(exc) for text in busy) or time.monotonic() > deadline:
                 raise
             time.sleep(10)
 

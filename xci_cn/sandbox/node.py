@@ -56,6 +56,8 @@ SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/p
 NEEDED_SYSCTLS = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
 COMPONENTS = ("coredns", "kube-proxy", "kubelet", "containerd")  # stop order
 KUBE_CHAIN_PREFIXES = ("KUBE-", "CNI-")
+# An owner this young with no component running yet is starting, not dead.
+STARTING_SECONDS = 300
 KUBE_PROXY_HEALTHZ, COREDNS_HEALTH, COREDNS_READY = 10256, 18080, 18181
 
 
@@ -147,7 +149,8 @@ def preflight(layout: NodeLayout) -> None:
     owner = host_owner()
     if owner and owner.get("dir") != str(layout.sandbox_dir):
         previous = NodeLayout(str(owner.get("name")), Path(str(owner.get("dir"))))
-        if not running(previous):  # a killed run of another sandbox: its host-wide leftovers go
+        starting = time.time() - float(owner.get("since", 0)) < STARTING_SECONDS
+        if not running(previous) and not starting:  # a killed run of another sandbox: its leftovers go
             cleanup(previous)
             owner = host_owner()
     if owner and owner.get("dir") != str(layout.sandbox_dir):
@@ -216,7 +219,8 @@ class Node:
                           layout.dir / "cni" / "net.d", layout.run_dir):
             directory.mkdir(parents=True, exist_ok=True)
         HOST_RECORD.parent.mkdir(parents=True, exist_ok=True)
-        HOST_RECORD.write_text(json.dumps({"name": layout.sandbox_name, "dir": str(layout.sandbox_dir)}))
+        HOST_RECORD.write_text(json.dumps({"name": layout.sandbox_name, "dir": str(layout.sandbox_dir),
+                                           "since": time.time()}))
         _record_sysctls(layout)
         for key, value in NEEDED_SYSCTLS.items():
             _write_sysctl(key, value)
