@@ -10,6 +10,7 @@ from junitparser import JUnitXml
 
 from tests.helpers import cli
 from tests.leaks import processes_mentioning
+from xci_cn.paths import SAMPLES_DIR
 
 
 def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_sandbox_home: Path,
@@ -60,7 +61,8 @@ def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_san
 
 def test_bad_canary_scenario_is_rolled_back_on_real_failures(tmp_path: Path, isolated_sandbox_home: Path,
                                                            real_node_free: None) -> None:
-    proc = cli("run", "--scenario", "k8-nosdn-istio-bad-canary", "--results-dir", "R", "--sandbox-name", "bad",
+    proc = cli("run", "--scenario", str(SAMPLES_DIR / "scenarios" / "k8-nosdn-istio-bad-canary.yaml"),
+               "--results-dir", "R", "--sandbox-name", "bad",
                cwd=tmp_path, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "R" / "summary.json").read_text())
