@@ -28,7 +28,7 @@ def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_san
     # The canary through the Gateway API router, judged on real requests.
     assert [s["weights"] for s in deploy["steps"]] == [{"v1": 75, "v2": 25}, {"v1": 0, "v2": 100}]
     assert [s["analysis"]["verdict"] for s in deploy["steps"]] == ["Successful", "Successful"]
-    assert deploy["steps"][0]["analysis"]["metrics"][0]["value"] == 1.0
+    assert deploy["steps"][0]["analysis"]["metrics"][0]["value"] >= 0.99
     assert abs(deploy["steps"][0]["measured"]["v2"] - 25) <= 10
     assert deploy["traffic"]["requests"] > 100 and set(deploy["traffic"]["codes"]) == {"200"}
     assert stages["promote"]["outputs"]["stable"] == "v2"
