@@ -24,6 +24,11 @@ def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_san
     assert stages["deploy"]["outputs"]["counts"]["created"] == 20
     verify_checks = {c["name"]: c["passed"] for c in stages["verify"]["checks"]}
     assert verify_checks["mesh VirtualService sdc/http-lb"] and verify_checks["platform Istio CRDs Established"]
+    # The CNF checks after deploy: every essential rule ran on the real pods and passed.
+    cnf = stages["verify"]["outputs"]["cnf"][0]
+    assert cnf["categories"]["essential"] == {"passed": 13, "failed": 0, "skipped": 0, "score": 100.0}, cnf
+    assert "cnf graceful-termination: Deployment sdc/redis" in verify_checks
+    assert 'class="cnf"' in (results / "report.html").read_text()
     provision = stages["provision"]
     assert provision["outputs"]["server_version"] == "v1.36.3"
     assert sorted(n["name"] for n in provision["outputs"]["nodes"]) == ["master1", "node1", "opnfv"]
