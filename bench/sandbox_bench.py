@@ -68,6 +68,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--flavor", default="mini")
+    parser.add_argument("--pods", default="simulated", choices=["real", "simulated"],
+                        help="simulated: the kwok-only sandbox these targets are for (real: see real_node_bench.py)")
     args = parser.parse_args()
     from xci_cn.sandbox.binaries import ensure_binaries
 
@@ -80,7 +82,8 @@ def main() -> int:
     for run in range(args.runs):
         sampler = MemorySampler(str(home / "bench"))
         sampler.start()
-        ups.append(xci_cn("sandbox", "up", "--name", "bench", "--flavor", args.flavor, "-q", env=env))
+        ups.append(xci_cn("sandbox", "up", "--name", "bench", "--flavor", args.flavor, "--pods", args.pods,
+                          "-q", env=env))
         time.sleep(3)  # let the controllers settle: the peak includes steady state
         url = subprocess.run([sys.executable, "-m", "xci_cn.cli", "sandbox", "status", "--name", "bench",
                               "--json"], env=env, capture_output=True, text=True, check=True).stdout

@@ -12,7 +12,8 @@ from tests.helpers import cli
 from tests.leaks import processes_mentioning
 
 
-def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_sandbox_home: Path) -> None:
+def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_sandbox_home: Path,
+                                                    real_node_free: None) -> None:
     proc = cli("run", "--results-dir", "R", "--sandbox-name", "e2e", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = tmp_path / "R"
@@ -41,6 +42,11 @@ def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_san
     nodes_txt = (results / "logs" / "cluster" / "nodes.txt").read_text()
     assert "master1" in nodes_txt and "Ready" in nodes_txt
     assert (results / "logs" / "cluster" / "kube-apiserver.log").stat().st_size > 0
+    # ... and from the real node: its components' logs and every container's.
+    assert (results / "logs" / "cluster" / "node" / "kubelet.log").stat().st_size > 0
+    container_logs = list((results / "logs" / "cluster" / "containers").glob("sdc_redis-*/redis/*.log"))
+    assert container_logs and "resp (sdc-app" in container_logs[0].read_text()
+    assert "node1" in (results / "logs" / "cluster" / "pods.txt").read_text()
     # Teardown left nothing running and removed the run's kubeconfig copy.
     assert processes_mentioning(str(isolated_sandbox_home / "e2e")) == []
     assert not (results / "kubeconfig").exists()

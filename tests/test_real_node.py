@@ -271,3 +271,126 @@ def cli_argv(*args: str) -> list[str]:
     from tests.helpers import XCI_CN
 
     return [*XCI_CN, *args]
+
+
+def test_down_and_a_killed_run_leave_nothing_on_the_host(real_node_free: None, tmp_path: Path) -> None:
+    import os
+    import signal as signals
+
+    from tests.leaks import host_state, processes_mentioning
+    from xci_cn.sandbox.cluster import Sandbox
+
+    before = _host_state_then_up("leaks")
+    leaks = {"name": "leaks", "kubeconfig": Sandbox("leaks").kubeconfig}
+    kubectl(leaks, "run", "web", "--image", f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}",
+            "--image-pull-policy", "Never", "--", "http")
+    kubectl(leaks, "wait", "--for", "condition=Ready", "pod/web", "--timeout", "60s")
+    during = host_state()
+    assert "xcicn0" in during["interfaces"] and len(during["mounts"]) > len(before["mounts"])
+    assert any("KUBE-SERVICES" in rule for rule in during["iptables"])
+    # A killed run: every process of the sandbox gets SIGKILL; shims and
+    # containers survive their containerd.
+    sandbox = Sandbox("leaks")
+    shims = [pid for pid, cmd in processes_mentioning(str(sandbox.node.socket)) if "containerd-shim" in cmd]
+    assert shims
+    for pid in sandbox.running_components().values():
+        os.kill(pid, signals.SIGKILL)
+    again = cli("sandbox", "up", "--name", "leaks", "--flavor", "aio", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "node clean-up: " in again.stderr and "killed" in again.stderr
+    assert not any(Path(f"/proc/{pid}").exists() for pid in shims)
+    down = cli("sandbox", "down", "--name", "leaks", timeout=120)
+    assert down.returncode == 0, down.stderr
+    after = host_state()
+    from xci_cn.sandbox import node
+
+    if node.host_owner():  # a shared host: another session took the real node at once
+        ours = (sandbox.node.id, str(sandbox.dir))
+        after = {k: [x for x in v if any(o in x for o in ours)] for k, v in after.items()}
+        before = {k: [x for x in v if any(o in x for o in ours)] for k, v in before.items()}
+        assert processes_mentioning(str(sandbox.dir)) == []
+    assert {k: v for k, v in after.items() if v != before[k]} == {}, \
+        {k: sorted(set(after[k]) ^ set(before[k])) for k in after if after[k] != before[k]}
+
+
+def test_verify_http_checks_reach_services_by_name_through_their_cluster_ip(sandbox: dict, tmp_path: Path
+                                                                           ) -> None:
+    manifests, namespace = sdc_copy(tmp_path)
+    text = deploy_scenario(manifests, namespace) + f"""  - name: verify
+    type: verify
+    needs: [deploy]
+    with:
+      namespace: {namespace}
+      checks:
+        - {{type: http, url: "http://proxy-access-control.{namespace}.svc:9180/edge",
+           expect_body: "via http-lb v[12] .* via clover-server[123] v1", retries: 10}}
+        - {{type: http, url: "http://snort-ids.{namespace}.svc.cluster.local/", expect_body: "snort-ids v1",
+           retries: 10}}
+        - {{type: http, url: "http://nothing.{namespace}.svc/"}}
+"""
+    code, summary, out = run(tmp_path, sandbox, text)
+    checks = {c["name"]: c for c in summary["stages"][1]["checks"]}
+    assert checks[f"http GET http://proxy-access-control.{namespace}.svc:9180/edge"]["passed"], checks
+    assert checks[f"http GET http://snort-ids.{namespace}.svc.cluster.local/"]["passed"], checks
+    assert code == 1 and f"Service {namespace}/nothing has no ClusterIP" in summary["stages"][1]["error"], out
+
+
+def _host_state_then_up(name: str, patience: float = 1800) -> dict[str, list[str]]:
+    """The host's state while no real node runs on it, then ``up`` of a real
+    sandbox; on a host shared with other test sessions, wait for their node."""
+    from tests.leaks import host_state
+    from xci_cn.sandbox import node
+
+    deadline = time.monotonic() + patience
+    while True:
+        owner = node.host_owner()
+        if owner and node.running(node.NodeLayout(owner["name"], Path(owner["dir"]))):
+            assert time.monotonic() < deadline, f"the real node stayed taken by {owner}"
+            time.sleep(10)
+            continue
+        before = host_state()
+        up = cli("sandbox", "up", "--name", name, "--flavor", "aio", "-q", timeout=300)
+        if up.returncode == 0:
+            return before
+        busy = ("real node belongs to", "no sandbox owns it", "pod subnet")
+        assert any(text in up.stderr for text in busy) and time.monotonic() < deadline, up.stderr
+        time.sleep(10)
+
+
+def test_containerd_restart_keeps_running_pods(sandbox: dict) -> None:
+    from tests.faults import restart_component
+
+    namespace = f"ctrd-{uuid.uuid4().hex[:6]}"
+    kubectl(sandbox, "create", "namespace", namespace)
+    image = f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}"
+    kubectl(sandbox, "run", "web", "-n", namespace, "--image", image, "--image-pull-policy", "Never",
+            "--", "http", "--name=web")
+    kubectl(sandbox, "wait", "-n", namespace, "--for", "condition=Ready", "pod/web", "--timeout", "60s")
+    ip = json.loads(kubectl(sandbox, "get", "pod", "web", "-n", namespace, "-o", "json"))["status"]["podIP"]
+    assert "web v1" in http_get(ip, 8080)[2]
+    restart_component(sandbox["name"], "containerd", 2, node=True)
+    assert "web v1" in http_get(ip, 8080)[2]  # the container outlived its runtime's restart
+    kubectl(sandbox, "run", "after", "-n", namespace, "--image", image, "--image-pull-policy", "Never",
+            "--", "http")
+    kubectl(sandbox, "wait", "-n", namespace, "--for", "condition=Ready", "pod/after", "--timeout", "60s")
+    pod = json.loads(kubectl(sandbox, "get", "pod", "web", "-n", namespace, "-o", "json"))
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    kubectl(sandbox, "delete", "namespace", namespace, "--wait=false")
+
+
+def test_deploy_rides_out_a_kubelet_stopped_for_10s(sandbox: dict, tmp_path: Path) -> None:
+    import threading
+
+    from tests.faults import restart_component
+
+    manifests, namespace = sdc_copy(tmp_path)
+    stopper = threading.Timer(1.0, restart_component, (sandbox["name"], "kubelet", 10), {"node": True})
+    stopper.start()
+    started = time.monotonic()
+    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="3m"))
+    stopper.join()
+    assert code == 0, out
+    assert summary["stages"][0]["outputs"]["counts"]["created"] == 20
+    assert time.monotonic() - started < 180
+    nodes = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)["nodes"]
+    assert next(n for n in nodes if n["name"] == "node1")["ready"]

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import XCI_CN, cli
 from tests.leaks import port_listening, processes_mentioning
 from xci_cn.sandbox import binaries
 
@@ -165,3 +168,46 @@ def _decode_host(host_hex: str) -> str:
         return socket.inet_ntoa(bytes.fromhex(host_hex)[::-1])
     raw = bytes.fromhex(host_hex)
     return socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+
+
+@pytest.mark.parametrize("signals,code", [((signal.SIGINT, signal.SIGINT), 130), ((signal.SIGTERM,), 143)])
+def test_interrupted_up_stops_what_it_started(isolated_sandbox_home: Path, signals: tuple, code: int) -> None:
+    directory = isolated_sandbox_home / "interrupted"
+    proc = subprocess.Popen([*XCI_CN, "sandbox", "up", "--name", "interrupted", "--flavor", "aio",
+                             "--pods", "simulated"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any("kube-apiserver" in cmd for _, cmd in processes_mentioning(str(directory))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    for sig in signals:  # a second Ctrl-C must not skip the clean-up
+        proc.send_signal(sig)
+        time.sleep(0.2)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert stderr.strip().splitlines()[-1] == f"xci-cn: interrupted by {signal.Signals(signals[0]).name}"
+    assert processes_mentioning(str(directory)) == []
+    assert not directory.exists()
+    assert cli("sandbox", "status", "--name", "interrupted").returncode == 2
+
+
+def test_down_refuses_what_is_not_a_sandbox(isolated_sandbox_home: Path) -> None:
+    plain = isolated_sandbox_home / "photos"
+    plain.mkdir()
+    (plain / "keep.jpg").write_text("mine")
+    (isolated_sandbox_home / "notes").write_text("mine too")
+    (isolated_sandbox_home / "empty").mkdir()
+    for name, what in (("photos", "a directory"), ("notes", "a file"), ("empty", "a directory")):
+        proc = cli("sandbox", "down", "--name", name)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0] == (f"xci-cn: {isolated_sandbox_home / name} is {what} without xci-cn's sandbox "
+                            "record (sandbox.json): not a sandbox, left untouched")
+    assert (plain / "keep.jpg").read_text() == "mine" and (isolated_sandbox_home / "notes").exists()
+    assert (isolated_sandbox_home / "empty").is_dir()
+    up = cli("sandbox", "up", "--name", "photos", "--pods", "simulated")
+    assert up.returncode == 2 and "holds files but no sandbox record" in up.stderr
+    assert (plain / "keep.jpg").read_text() == "mine"
+    for path in (plain / "keep.jpg", isolated_sandbox_home / "notes"):
+        path.unlink()
+    plain.rmdir()
+    (isolated_sandbox_home / "empty").rmdir()

@@ -18,12 +18,27 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$sta
   touch "$stamp"
 fi
 
-# Debian packages used by the tests (only with --system and as root, so a
-# developer's laptop is never changed behind their back).
-if [ "${1:-}" = "--system" ]; then
+# Debian packages (only with an option and as root, so a developer's laptop
+# is never changed behind their back): --node, what the sandbox's real node
+# needs (runc and the CNI plugins come from Debian: bookworm's runc 1.1.5 and
+# plugins 1.1.1 run it, see docs/architecture.rst); --system, that and what
+# the tests use.
+node_packages=("runc:runc" "iptables:iptables" "conntrack:conntrack" "ip:iproute2"
+               "/usr/lib/cni/bridge:containernetworking-plugins")
+test_packages=("prometheus:prometheus" "chromium:chromium" "chromedriver:chromium-driver")
+case "${1:-}" in
+  --system) wanted=("${node_packages[@]}" "${test_packages[@]}") ;;
+  --node) wanted=("${node_packages[@]}") ;;
+  *) wanted=() ;;
+esac
+if [ ${#wanted[@]} -gt 0 ]; then
   missing=()
-  for pair in "prometheus:prometheus" "chromium:chromium" "chromedriver:chromium-driver"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  for pair in "${wanted[@]}"; do
+    if [ "${pair:0:1}" = / ]; then
+      [ -x "${pair%%:*}" ] || missing+=("${pair#*:}")
+    else
+      command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    fi
   done
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then

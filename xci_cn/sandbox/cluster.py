@@ -207,7 +207,7 @@ def up(name: str, flavor: str, *, istio: bool = True, api_port: int = 0, reuse: 
         except BaseException:
             with _signals_ignored():
                 say(f"sandbox {name!r} did not come up: removing what was started")
-                down(name, missing_ok=True, log=log, artifacts_dir=artifacts_dir)
+                _remove_started(sandbox, artifacts_dir, log)
             if caught:
                 raise Interrupted(caught[0]) from None
             raise
@@ -242,6 +242,21 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
         node.join()
         _wait_node_ready(sandbox, node, flavor, cancel, say)
     _write_info(sandbox, {**record, "state": "up"})
+
+
+def _remove_started(sandbox: Sandbox, artifacts_dir: Path | None, log: logging.Logger) -> None:
+    """After a failed or cancelled up: a cancelled playbook's task workers run
+    in sessions of their own and outlive it (a 'kwokctl create' may still be
+    starting components), so stop them first, then remove the sandbox, then
+    whatever they started meanwhile."""
+    done: list[str] = []
+    private = str(artifacts_dir or (sandbox_home() / ".ansible" / sandbox.name))
+    real_node.stop_matching(lambda cmd: private in cmd or f"{sandbox.dir}/kwokctl.yaml" in cmd,
+                            "playbook", done)
+    down(sandbox.name, missing_ok=True, log=log, artifacts_dir=artifacts_dir)
+    real_node.stop_matching(lambda cmd: str(sandbox.dir) + "/" in cmd, "late", done)
+    if done:
+        log.info("removed after the failed start: %s", "; ".join(done))
 
 
 def _write_info(sandbox: Sandbox, record: dict[str, Any]) -> None:

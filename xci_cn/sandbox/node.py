@@ -56,6 +56,8 @@ SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/p
 NEEDED_SYSCTLS = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
 COMPONENTS = ("coredns", "kube-proxy", "kubelet", "containerd")  # stop order
 KUBE_CHAIN_PREFIXES = ("KUBE-", "CNI-")
+# An owner this young with no component running yet is starting, not dead.
+STARTING_SECONDS = 300
 KUBE_PROXY_HEALTHZ, COREDNS_HEALTH, COREDNS_READY = 10256, 18080, 18181
 
 
@@ -72,8 +74,16 @@ class NodeLayout:
         return self.sandbox_dir / "node"
 
     @property
+    def id(self) -> str:
+        """Name and a hash of the directory: sandboxes of one name in two
+        homes (two users, two test sessions) never share host paths."""
+        import hashlib
+
+        return f"{self.sandbox_name}-{hashlib.sha256(str(self.sandbox_dir).encode()).hexdigest()[:8]}"
+
+    @property
     def run_dir(self) -> Path:
-        return Path("/run/xci-cn") / self.sandbox_name
+        return Path("/run/xci-cn") / self.id
 
     @property
     def socket(self) -> Path:
@@ -99,7 +109,7 @@ class NodeLayout:
 
     @property
     def cgroup_name(self) -> str:
-        return f"xci-cn-{self.sandbox_name}"
+        return f"xci-cn-{self.id}"
 
     @property
     def gateway(self) -> str:
@@ -107,7 +117,7 @@ class NodeLayout:
 
     @property
     def network_name(self) -> str:
-        return f"xci-cn-{self.sandbox_name}"
+        return f"xci-cn-{self.id}"
 
     def pid_file(self, component: str) -> Path:
         return self.dir / "pids" / f"{component}.pid"
@@ -137,6 +147,12 @@ def preflight(layout: NodeLayout) -> None:
         raise EnvironmentProblem("real pods need the kernel's bridge netfilter (no /proc/sys/net/bridge: "
                                  "load br_netfilter); use --pods simulated on this host")
     owner = host_owner()
+    if owner and owner.get("dir") != str(layout.sandbox_dir):
+        previous = NodeLayout(str(owner.get("name")), Path(str(owner.get("dir"))))
+        starting = time.time() - float(owner.get("since", 0)) < STARTING_SECONDS
+        if not running(previous) and not starting:  # a killed run of another sandbox: its leftovers go
+            cleanup(previous)
+            owner = host_owner()
     if owner and owner.get("dir") != str(layout.sandbox_dir):
         raise EnvironmentProblem(
             f"this host's real node belongs to sandbox {owner.get('name')!r} ({owner.get('dir')}); "
@@ -203,7 +219,8 @@ class Node:
                           layout.dir / "cni" / "net.d", layout.run_dir):
             directory.mkdir(parents=True, exist_ok=True)
         HOST_RECORD.parent.mkdir(parents=True, exist_ok=True)
-        HOST_RECORD.write_text(json.dumps({"name": layout.sandbox_name, "dir": str(layout.sandbox_dir)}))
+        HOST_RECORD.write_text(json.dumps({"name": layout.sandbox_name, "dir": str(layout.sandbox_dir),
+                                           "since": time.time()}))
         _record_sysctls(layout)
         for key, value in NEEDED_SYSCTLS.items():
             _write_sysctl(key, value)
@@ -468,20 +485,21 @@ def running(layout: NodeLayout) -> dict[str, int]:
 def cleanup(layout: NodeLayout, say: Say | None = None) -> list[str]:
     """Undo everything a node of this layout did on the host (idempotent);
     returns what was found and removed, for the log."""
-    if not layout.dir.exists() and not layout.run_dir.exists():
+    owns_host = (host_owner() or {}).get("dir") == str(layout.sandbox_dir)
+    if not layout.dir.exists() and not layout.run_dir.exists() and not owns_host:
         return []
     done: list[str] = []
     for component in COMPONENTS:
         pid = recorded_pid(layout, component)
         if component == "containerd":
             _kill_cgroup_processes(layout, done)
-            _kill_matching(lambda cmd: str(layout.socket) in cmd, "containerd-shim", done)
+            stop_matching(lambda cmd: str(layout.socket) in cmd, "containerd-shim", done)
         if pid and _is_ours(pid, layout):
             _stop(pid)
             done.append(f"stopped {component} (pid {pid})")
-    _kill_matching(lambda cmd: str(layout.socket) in cmd or str(layout.run_dir) in cmd, "leftover", done)
+    stop_matching(lambda cmd: str(layout.socket) in cmd or str(layout.run_dir) in cmd, "leftover", done)
     _unmount_under((layout.dir, layout.run_dir), done)
-    if host_owner() and host_owner().get("dir") == str(layout.sandbox_dir):  # type: ignore[union-attr]
+    if owns_host:
         _remove_links(done)
         _remove_chains(done)
         HOST_RECORD.unlink(missing_ok=True)
@@ -550,7 +568,7 @@ def _kill_cgroup_processes(layout: NodeLayout, done: list[str]) -> None:
             time.sleep(0.05)
 
 
-def _kill_matching(match: Callable[[str], bool], label: str, done: list[str]) -> None:
+def stop_matching(match: Callable[[str], bool], label: str, done: list[str]) -> None:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():

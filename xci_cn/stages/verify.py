@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from xci_cn.errors import InvalidInput, PermanentError, RolloutPaused
+from xci_cn.errors import InvalidInput, PermanentError, RolloutPaused, StageFailed
 from xci_cn.pipeline.stage import StageContext, StageOptions, require_kubeconfig
 from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, AnalysisSpec
 from xci_cn.verify.cnf import CnfCheck
@@ -113,7 +113,7 @@ class VerifyStage:
                 if isinstance(check, HttpCheck):
                     from xci_cn.verify.probes import run_http
 
-                    probe = run_http(check)
+                    probe = run_http(self._through_cluster_ip(check, resources))
                     ctx.check(probe.name, probe.passed, probe.message, **probe.details)
                 elif isinstance(check, PlatformCheck):
                     from xci_cn.verify.platform import check_platform
@@ -141,6 +141,23 @@ class VerifyStage:
             for handle in opened:
                 handle.cluster.close()
         return outputs
+
+    @staticmethod
+    def _through_cluster_ip(check: HttpCheck, resources: Any) -> HttpCheck:
+        """A URL naming a Service (``http://name.ns.svc:port/``) is sent to its
+        ClusterIP: reachable from the host on the sandbox's real node."""
+        from xci_cn.verify.probes import service_host, with_cluster_ip
+
+        named = service_host(check.url)
+        if named is None:
+            return check
+        info = resources().lookup("v1", "Service")
+        service = resources().get(info, named[0], named[1])
+        cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
+        if not cluster_ip or cluster_ip == "None":
+            raise StageFailed(f"http check {check.url}: Service {named[1]}/{named[0]} has no ClusterIP")
+        return check.model_copy(update={"url": with_cluster_ip(check.url, cluster_ip),
+                                        "name": check.name or f"http {check.method} {check.url}"})
 
     def _connect(self, ctx: StageContext) -> Any:
         from xci_cn.k8s.client import connect

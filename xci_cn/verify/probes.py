@@ -29,6 +29,28 @@ class HttpCheck(BaseModel):
     timeout: Duration = Field(default=5.0, description="Per request.")
 
 
+SERVICE_HOST = re.compile(r"(?P<name>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?")
+
+
+def service_host(url: str) -> tuple[str, str] | None:
+    """(name, namespace) when the URL's host is a Service's cluster name
+    (``name.ns.svc`` or ``name.ns.svc.cluster.local``)."""
+    from urllib.parse import urlsplit
+
+    match = SERVICE_HOST.fullmatch(urlsplit(url).hostname or "")
+    return (match["name"], match["namespace"]) if match else None
+
+
+def with_cluster_ip(url: str, cluster_ip: str) -> str:
+    """The URL with its Service host replaced by the Service's ClusterIP
+    (the host does not use the cluster's DNS; kube-proxy routes ClusterIPs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = cluster_ip + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class SplitCheck(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
