@@ -14,7 +14,7 @@ from tests.leaks import processes_mentioning
 
 def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_sandbox_home: Path,
                                                     real_node_free: None) -> None:
-    proc = cli("run", "--results-dir", "R", "--sandbox-name", "e2e", cwd=tmp_path, timeout=600)
+    proc = cli("run", "--results-dir", "R", "--sandbox-name", "e2e", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = tmp_path / "R"
     summary = json.loads((results / "summary.json").read_text())
