@@ -384,3 +384,26 @@ stages:
                        for d in deployments)
     finally:
         kubectl(sandbox, "delete", "namespace", namespace, "--wait=false")
+
+
+def test_a_corrupt_kube_score_is_refused_then_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kube-score is cached with its SHA-256 like the sandbox's binaries: a
+    damaged copy is not run, and ``ensure_tools`` (``xci-cn sandbox build``)
+    builds it again from the Go module."""
+    import shutil
+
+    from xci_cn.errors import EnvironmentProblem
+    from xci_cn.sandbox import binaries
+
+    real = binaries.ensure_tools()["kube-score"]
+    monkeypatch.setenv("XCI_CN_CACHE", str(tmp_path))
+    shutil.copytree(real.parent, binaries.tools_dir())
+    assert binaries.find_tool("kube-score") == tmp_path / "tools" / "bin" / "kube-score"
+    with open(binaries.tools_dir() / "kube-score", "r+b") as handle:  # same size, flipped bytes
+        handle.seek(4096)
+        handle.write(b"\0garbage\0")
+    with pytest.raises(EnvironmentProblem, match="kube-score v1.20.0 is not built: run 'xci-cn sandbox build'"):
+        binaries.find_tool("kube-score")
+    said: list[str] = []
+    assert binaries.ensure_tools(progress=said.append)["kube-score"] == binaries.find_tool("kube-score")
+    assert "building kube-score v1.20.0" in said
