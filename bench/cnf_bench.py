@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_deploy import sdc_copy
+from tests.helpers import sdc_copy
 from xci_cn.k8s.manifests import load_manifests
 from xci_cn.paths import SAMPLES_DIR
 from xci_cn.sandbox.binaries import ensure_tools

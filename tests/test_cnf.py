@@ -48,7 +48,7 @@ def test_the_bad_set_fails_the_matching_rules_and_no_others() -> None:
                                       "latest-tag": {"image-tag"}, "ignores-sigterm": set()}
     by_case = {f.case: f for f in findings if not f.passed}
     privileged = by_case["cnf privileged: Deployment privileged container app"]
-    assert privileged.where == f"{BAD / 'bad.yaml'}:4: document 1"
+    assert privileged.where == f"{BAD / 'bad.yaml'}:5: document 1"
     assert privileged.source == "kube-score container-security-context-privileged"
     assert "Set securityContext.privileged to false" in privileged.fix
     assert by_case["cnf image-tag: Deployment latest-tag container app"].message == "Image with latest tag"
@@ -130,7 +130,7 @@ def test_cli_checks_files_without_a_cluster() -> None:
     assert result.returncode == 1, result.stderr
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED ")]
     assert len(failed) == 3
-    assert f"FAILED cnf image-tag: Deployment latest-tag container app: {BAD / 'bad.yaml'}:50: document 3: " \
+    assert f"FAILED cnf image-tag: Deployment latest-tag container app: {BAD / 'bad.yaml'}:53: document 3: " \
            "kube-score container-image-tag: Image with latest tag - fix: Using a fixed tag" in result.stdout
     assert result.stdout.splitlines()[-1] == ("cnf: score 66.7%: 6 rules passed, 3 failed, 5 skipped "
                                               "(3 essential failed)")
@@ -196,7 +196,7 @@ def test_verify_stage_reports_each_finding_and_fails_on_essential(tmp_path: Path
     cases = {c.get("name"): c for c in suite.iter("testcase") if c.get("name", "").startswith("cnf ")}
     failure = cases["cnf probes: Deployment no-probes"].find("failure")
     assert failure is not None and failure.get("message").startswith(
-        f"{BAD / 'bad.yaml'}:28: document 2: kube-score pod-probes: Container is missing a readinessProbe - fix: ")
+        f"{BAD / 'bad.yaml'}:30: document 2: kube-score pod-probes: Container is missing a readinessProbe - fix: ")
     assert cases["cnf scale: runtime"].find("skipped") is not None
     assert cases["cnf resources: Deployment no-probes"].find("failure") is None
     html = (tmp_path / "results" / "report.html").read_text()
@@ -218,14 +218,29 @@ def test_a_failed_normal_rule_is_reported_without_failing_the_stage(tmp_path: Pa
         "cnf image-tag: Deployment latest-tag container app"]
 
 
-def test_deployed_objects_are_judged_live_and_named_by_their_file(sandbox: dict, tmp_path: Path) -> None:
+@pytest.fixture
+def bad_set_images(sandbox: dict, tmp_path: Path) -> dict:
+    """The sandbox's real node holds the bad set's images: agnhost, and
+    agnhost once more tagged latest (the latest-tag Deployment's)."""
+    from xci_cn.sandbox import cluster
+    from xci_cn.sandbox.binaries import ensure_binaries
+    from xci_cn.sandbox.images import ImageSpec, write_oci_tarball
+
+    tarball = write_oci_tarball(ImageSpec("xci-cn.local/agnhost:latest", "agnhost", ("/agnhost",)),
+                                ensure_binaries().path("agnhost"), tmp_path / "agnhost-latest.tar")
+    cluster.load_image(sandbox["name"], tarball)
+    return sandbox
+
+
+def test_deployed_objects_are_judged_live_and_named_by_their_file(bad_set_images: dict, tmp_path: Path) -> None:
     """The deploy stage applies the bad set to the real API server; the cnf
     check reads the live objects back (defaults filled in by the server) and
     names each finding with the file and document it was applied from."""
     import uuid
 
-    from tests.test_deploy import run
+    from tests.helpers import run_on_cluster
 
+    sandbox = bad_set_images
     namespace = f"cnf-{uuid.uuid4().hex[:6]}"
     text = f"""name: cnf-live
 installer: existing
@@ -242,18 +257,18 @@ stages:
         - {{type: cnf, checks: [probes, privileged, image-tag, resources, non-root, host-path]}}
 """
     (tmp_path / "ns.yaml").write_text(f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n")
-    from tests.test_deploy import kubectl
+    from tests.helpers import kubectl
 
     kubectl(sandbox, "apply", "-f", str(tmp_path / "ns.yaml"))
     try:
-        code, summary, out = run(tmp_path, sandbox, text)
+        code, summary, out = run_on_cluster(tmp_path, sandbox, text)
         assert code == 1, out
         verify = summary["stages"][1]
         failed = sorted((c["details"]["object"], c["details"]["rule"], c["details"]["where"])
                         for c in verify["checks"] if not c["passed"])
-        assert failed == [(f"Deployment {namespace}/latest-tag", "image-tag", f"{BAD / 'bad.yaml'}:50: document 3"),
-                          (f"Deployment {namespace}/no-probes", "probes", f"{BAD / 'bad.yaml'}:28: document 2"),
-                          (f"Deployment {namespace}/privileged", "privileged", f"{BAD / 'bad.yaml'}:4: document 1")]
+        assert failed == [(f"Deployment {namespace}/latest-tag", "image-tag", f"{BAD / 'bad.yaml'}:53: document 3"),
+                          (f"Deployment {namespace}/no-probes", "probes", f"{BAD / 'bad.yaml'}:30: document 2"),
+                          (f"Deployment {namespace}/privileged", "privileged", f"{BAD / 'bad.yaml'}:5: document 1")]
         assert len(verify["checks"]) == 6 * 4
     finally:
         kubectl(sandbox, "delete", "namespace", namespace, "--wait=false")
@@ -288,11 +303,11 @@ def test_traffic_counts_real_failures_of_a_real_server() -> None:
     counts = traffic.counts()
     assert counts["requests"] > 10 and 0 < counts["failed_requests"] < counts["requests"]
     # Refused once it is gone (a request cut by the shutdown itself is reset).
-    assert "ConnectionRefusedError" in counts["errors"]
-    assert set(counts["errors"]) <= {"ConnectionRefusedError", "ConnectionResetError"}
+    assert "before: ConnectionRefusedError" in counts["errors"]
+    assert set(counts["errors"]) <= {"before: ConnectionRefusedError", "before: ConnectionResetError"}
     assert traffic.verdict(budget=counts["failed_requests"]) == ""
     assert traffic.verdict(budget=0).startswith(f"{counts['failed_requests']} failed requests, budget 0 "
-                                                "(ConnectionRe")
+                                                "(before: ConnectionRe")
     assert request("127.0.0.1", port, True) == "ConnectionRefusedError"
 
 
@@ -303,3 +318,92 @@ def test_a_selector_matching_nothing_fails_the_stage_as_invalid_input(tmp_path: 
     assert record.error == ("cnf: objects StatefulSet/* match no workload (there are: Deployment/privileged, "
                             "Deployment/no-probes, Deployment/latest-tag, Deployment/ignores-sigterm)")
     assert record.checks == []
+
+
+RUNTIME_RULES = [r.name for r in cnf.RULES.values() if r.runtime]
+
+
+def test_runtime_rules_on_the_real_node(bad_set_images: dict, tmp_path: Path) -> None:
+    """The bad set on the sandbox's real node: only the process that answers
+    SIGTERM after an hour fails graceful termination (killed at the end of its
+    grace period); recovery and logs pass everywhere, measured; scale and the
+    rolling update run with real requests counted; what the rules changed is
+    put back."""
+    import uuid
+
+    from tests.helpers import kubectl, run_on_cluster
+
+    sandbox = bad_set_images
+    namespace = f"cnf-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "ns.yaml").write_text(f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n")
+    kubectl(sandbox, "apply", "-f", str(tmp_path / "ns.yaml"))
+    text = f"""name: cnf-runtime
+installer: existing
+stages:
+  - name: deploy
+    type: deploy
+    with: {{manifests: ["{BAD}"], namespace: {namespace}, timeout: 2m}}
+  - name: verify
+    type: verify
+    needs: [deploy]
+    with:
+      namespace: {namespace}
+      checks:
+        - {{type: cnf, checks: {json.dumps(RUNTIME_RULES)}, severity: {{rolling-update: essential}}}}
+"""
+    try:
+        code, summary, out = run_on_cluster(tmp_path, sandbox, text)
+        verify = summary["stages"][1]
+        checks = {(c["details"]["object"].split("/")[-1], c["details"]["rule"]): c for c in verify["checks"]}
+        failed = sorted(k for k, c in checks.items() if not c["passed"] and k[1] not in ("scale", "rolling-update"))
+        skipped = sorted(k for k, c in checks.items() if c.get("skipped"))
+        assert (failed, skipped) == ([("ignores-sigterm", "graceful-termination")], []), out
+        assert code == 1
+        killed = checks[("ignores-sigterm", "graceful-termination")]
+        assert killed["details"]["exit_codes"] == {"app": 137}, killed
+        assert killed["details"]["exit_seconds"] >= 3 and killed["details"]["measured_by"] == "process"
+        assert "exited 137 (SIGKILL)" in killed["message"] and "grace period 3s" in killed["message"]
+        for name in ("privileged", "no-probes", "latest-tag"):
+            graceful = checks[(name, "graceful-termination")]["details"]
+            assert 2 <= graceful["exit_seconds"] < graceful["grace_seconds"] == 30  # after the 2 s preStop
+            assert graceful["exit_codes"] == {"app": 0}
+            assert checks[(name, "recovery")]["details"]["recovery_seconds"] < 30
+            assert checks[(name, "logs-stdout")]["details"]["log_bytes"]["app"] > 0
+        for name in ("privileged", "no-probes", "latest-tag", "ignores-sigterm"):
+            assert checks[(name, "scale")]["details"]["requests"] > 0
+            update = checks[(name, "rolling-update")]["details"]
+            assert update["requests"] > 0
+            assert update["replica_set_after_undo"] == update["old_replica_set"], update
+        rules = {r["rule"]: r for r in verify["outputs"]["cnf"][0]["rules"]}
+        assert all(rules[r]["seconds"] is not None for r in RUNTIME_RULES)
+        # Put back: one replica each, the applied template, nothing left terminating.
+        deployments = json.loads(kubectl(sandbox, "get", "deploy", "-n", namespace, "-o", "json"))["items"]
+        assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in deployments} == {
+            "privileged": 1, "no-probes": 1, "latest-tag": 1, "ignores-sigterm": 1}
+        assert not any("cnf.xci-cn.opnfv.org/update" in (d["spec"]["template"]["metadata"].get("annotations") or {})
+                       for d in deployments)
+    finally:
+        kubectl(sandbox, "delete", "namespace", namespace, "--wait=false")
+
+
+def test_a_corrupt_kube_score_is_refused_then_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kube-score is cached with its SHA-256 like the sandbox's binaries: a
+    damaged copy is not run, and ``ensure_tools`` (``xci-cn sandbox build``)
+    builds it again from the Go module."""
+    import shutil
+
+    from xci_cn.errors import EnvironmentProblem
+    from xci_cn.sandbox import binaries
+
+    real = binaries.ensure_tools()["kube-score"]
+    monkeypatch.setenv("XCI_CN_CACHE", str(tmp_path))
+    shutil.copytree(real.parent, binaries.tools_dir())
+    assert binaries.find_tool("kube-score") == tmp_path / "tools" / "bin" / "kube-score"
+    with open(binaries.tools_dir() / "kube-score", "r+b") as handle:  # same size, flipped bytes
+        handle.seek(4096)
+        handle.write(b"\0garbage\0")
+    with pytest.raises(EnvironmentProblem, match="kube-score v1.20.0 is not built: run 'xci-cn sandbox build'"):
+        binaries.find_tool("kube-score")
+    said: list[str] = []
+    assert binaries.ensure_tools(progress=said.append)["kube-score"] == binaries.find_tool("kube-score")
+    assert "building kube-score v1.20.0" in said

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli
-from tests.test_deploy import deploy_scenario, kubectl, run, sdc_copy
+from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy
 from xci_cn.paths import SAMPLES_DIR
 
 GATEWAY = {"router": "gateway-api", "service": "http-lb", "stable": "v1", "canary": "v2"}
@@ -50,7 +49,8 @@ def rollout_cli(sandbox: dict, action: str, namespace: str) -> tuple[int, dict |
 
 def test_canary_steps_the_httproute_weights_then_promote(gateway_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
-    code, summary, out = run(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
+    code, summary, out = run_on_cluster(
+        tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                steps=[10, 50, 100], **GATEWAY))
     assert code == 0, out
     steps = summary["stages"][0]["outputs"]["steps"]
@@ -81,7 +81,7 @@ def test_rollback_reads_back_the_stored_httproute(gateway_sandbox: dict, tmp_pat
     needs: [deploy]
     with: {{action: rollback, namespace: {namespace}, service: http-lb, router: gateway-api}}
 """
-    code, summary, out = run(tmp_path, gateway_sandbox, text)
+    code, summary, out = run_on_cluster(tmp_path, gateway_sandbox, text)
     assert code == 0, out
     rollback = summary["stages"][1]
     assert rollback["outputs"]["read_back"] == {"weights": {"v1": 100}, "ok": True}
@@ -95,7 +95,7 @@ def test_rollback_reads_back_the_stored_httproute(gateway_sandbox: dict, tmp_pat
 
 def test_bluegreen_switch_then_rollback_from_the_cli(gateway_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
-    code, summary, out = run(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace,
+    code, summary, out = run_on_cluster(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace,
                                                                strategy="bluegreen", **GATEWAY))
     assert code == 0, out
     assert stored_weights(gateway_sandbox, namespace) == {"http-lb-v1": 0, "http-lb-v2": 100}
@@ -133,7 +133,8 @@ def test_bad_routing_stops_before_any_weight_moves(gateway_sandbox: dict, tmp_pa
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
     if break_it is not None:
         break_it(routes)
-    code, summary, out = run(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
+    code, summary, out = run_on_cluster(
+        tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                **{**GATEWAY, **options}))
     assert code == 2, out
     error = summary["stages"][0]["error"]
@@ -151,7 +152,8 @@ def test_a_gateway_api_version_the_cluster_does_not_serve(gateway_sandbox: dict,
     path = routes / "45-http-lb-route.yaml"
     path.write_text(path.read_text().replace("gateway.networking.k8s.io/v1\n",
                                              "gateway.networking.k8s.io/v1alpha2\n"))
-    code, summary, out = run(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
+    code, summary, out = run_on_cluster(
+        tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                **GATEWAY))
     assert code == 2, out
     assert "45-http-lb-route.yaml:28: document 3: HTTPRoute/http-lb: kind HTTPRoute is not served by the " \

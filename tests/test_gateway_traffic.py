@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli, write_scenario
-from tests.test_deploy import kubectl
+from tests.helpers import cli, kubectl, write_scenario
 
 
 class VersionServer:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy
 from tests.meshmetrics import Profile
-from tests.test_deploy import deploy_scenario, kubectl, run, sdc_copy
 from xci_cn.errors import InvalidInput
 from xci_cn.k8s.istio import RolloutTarget
 from xci_cn.k8s.strategies.graph import Member, dependency_order
@@ -115,7 +114,7 @@ def test_graph_canary_where_only_the_second_service_degrades_rolls_both_back(
     analysis = {"prometheus": prometheus.url, "namespace": "sdc", "interval": "0.2s", "count": 1, "window": "5s"}
     text = deploy_scenario(manifests, namespace, strategy="canary", stable="v1", canary="v2", graph=GRAPH,
                            analysis=analysis)
-    code, summary, out = run(tmp_path, sandbox, text)
+    code, summary, out = run_on_cluster(tmp_path, sandbox, text)
     assert code == 1, out
     stage = summary["stages"][0]
     assert ("graph canary http-lb, proxy-access-control rolled back at step 1 (10%), in the order "
@@ -149,7 +148,7 @@ def test_graph_canary_steps_in_lockstep_and_promotes_dependencies_first(sandbox:
                            steps=[50, 100])
     text += ("  - name: promote\n    type: rollout\n    needs: [deploy]\n"
              f"    with: {{action: promote, namespace: {namespace}, services: [http-lb, proxy-access-control]}}\n")
-    code, summary, out = run(tmp_path, sandbox, text)
+    code, summary, out = run_on_cluster(tmp_path, sandbox, text)
     assert code == 0, out
     deploy, promote = summary["stages"]
     assert [s["services"] for s in deploy["outputs"]["steps"]] == [

@@ -15,7 +15,7 @@ from xci_cn.paths import SAMPLES_DIR
 
 def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_sandbox_home: Path,
                                                     real_node_free: None) -> None:
-    proc = cli("run", "--results-dir", "R", "--sandbox-name", "e2e", cwd=tmp_path, timeout=600)
+    proc = cli("run", "--results-dir", "R", "--sandbox-name", "e2e", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = tmp_path / "R"
     summary = json.loads((results / "summary.json").read_text())
@@ -37,6 +37,11 @@ def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_san
     assert verify_checks["platform Istio CRDs Established"]["passed"]
     split = next(c for n, c in verify_checks.items() if n.startswith("split "))
     assert split["passed"] and split["details"]["observed"] == {"v2": 100.0}
+    # The CNF checks after the canary: no essential rule failed on the real pods.
+    cnf = stages["verify"]["outputs"]["cnf"][0]
+    assert cnf["categories"]["essential"]["failed"] == 0, cnf
+    assert "cnf graceful-termination: Deployment sdc/redis" in verify_checks
+    assert 'class="cnf"' in (results / "report.html").read_text()
     provision = stages["provision"]
     assert provision["outputs"]["server_version"] == "v1.36.3"
     assert sorted(n["name"] for n in provision["outputs"]["nodes"]) == ["master1", "node1", "opnfv"]

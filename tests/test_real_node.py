@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli
-from tests.test_deploy import deploy_scenario, kubectl, run, sdc_copy
+from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy
 from xci_cn.sandbox import images as oci
 from xci_cn.sandbox.binaries import ensure_binaries
 
@@ -81,7 +80,7 @@ def test_real_node_and_tainted_kwok_nodes(sandbox: dict) -> None:
 
 def test_sdc_sample_runs_for_real_and_answers(sandbox: dict, tmp_path: Path) -> None:
     manifests, namespace = sdc_copy(tmp_path)
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace))
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace))
     assert code == 0, out
     pods = json.loads(kubectl(sandbox, "get", "pods", "-n", namespace, "-o", "json"))["items"]
     assert len(pods) == 11
@@ -134,7 +133,7 @@ def test_terminal_container_states_fail_the_deploy_promptly(sandbox: dict, tmp_p
     manifests.mkdir()
     (manifests / "app.yaml").write_text(broken_deployment(namespace, args, image, memory))
     started = time.monotonic()
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="3m"))
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="3m"))
     elapsed = time.monotonic() - started
     assert code == 1, out
     error = summary["stages"][0]["error"]
@@ -150,7 +149,7 @@ def test_failing_readiness_is_named_at_the_deadline(sandbox: dict, tmp_path: Pat
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "app.yaml").write_text(broken_deployment(namespace, ["http", "--never-ready"], None, "32Mi"))
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="15s"))
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="15s"))
     assert code == 1, out
     error = summary["stages"][0]["error"]
     assert "Deployment " + namespace + "/broken" in error and "0 of 1 updated replicas available" in error
@@ -328,7 +327,7 @@ def test_verify_http_checks_reach_services_by_name_through_their_cluster_ip(sand
            retries: 10}}
         - {{type: http, url: "http://nothing.{namespace}.svc/"}}
 """
-    code, summary, out = run(tmp_path, sandbox, text)
+    code, summary, out = run_on_cluster(tmp_path, sandbox, text)
     checks = {c["name"]: c for c in summary["stages"][1]["checks"]}
     assert checks[f"http GET http://proxy-access-control.{namespace}.svc:9180/edge"]["passed"], checks
     assert checks[f"http GET http://snort-ids.{namespace}.svc.cluster.local/"]["passed"], checks
@@ -387,7 +386,7 @@ def test_deploy_rides_out_a_kubelet_stopped_for_10s(sandbox: dict, tmp_path: Pat
     stopper = threading.Timer(1.0, restart_component, (sandbox["name"], "kubelet", 10), {"node": True})
     stopper.start()
     started = time.monotonic()
-    code, summary, out = run(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="3m"))
+    code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace, timeout="3m"))
     stopper.join()
     assert code == 0, out
     assert summary["stages"][0]["outputs"]["counts"]["created"] == 20

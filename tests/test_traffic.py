@@ -15,9 +15,8 @@ from urllib.parse import urlparse
 
 import requests
 
-from tests.helpers import cli, write_scenario
+from tests.helpers import cli, kubectl, write_scenario
 from tests.meshmetrics import version_servers
-from tests.test_deploy import kubectl
 from xci_cn.sandbox.binaries import cached_tool
 from xci_cn.verify.load import MAX_RATE, Load, TrafficSpec
 

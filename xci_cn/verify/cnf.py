@@ -94,7 +94,10 @@ class CnfCheck(BaseModel):
     fail_on_normal: bool = Field(default=False, description="A failed normal rule also fails the stage.")
     timeout: Duration = Field(default=60.0, description="Bound of each runtime rule per workload.")
     recovery_within: Duration = Field(default=30.0, description="Ready again after a kill within this.")
-    request_budget: int = Field(default=0, ge=0, description="Failed requests allowed during scale/update.")
+    request_budget: int = Field(default=0, ge=0, description="Failed requests allowed during the rolling "
+                                                             "update and its undo.")
+    scale_failure_ratio: float = Field(default=0.05, ge=0, le=1, description="Share of requests that may fail "
+                                       "while scaling: the Service keeps answering (failures are counted).")
     update_image: dict[str, str] = Field(default_factory=dict, description="Container -> image for the rolling "
                                                                            "update (default: a template change).")
 

@@ -12,7 +12,8 @@ pod template) before it returns, also when it fails:
   process is found on this host through its cgroup: the sandbox's real node
   runs here; on other nodes the rule is skipped;
 * scale: to 3 replicas and back, all Ready, with real requests to the
-  Services that select the pods during the change (failures counted);
+  Services that select the pods during the change: failures are counted
+  (by phase and cause) and may be at most ``scale_failure_ratio``;
 * rolling-update: a new image (``update_image``) or, by default, a pod
   template annotation, then the old template back: the old ReplicaSet must
   own the pods again; failed requests within ``request_budget``;
@@ -103,23 +104,35 @@ class Runtime:
         pod = self._ready_pod(subject)
         name, namespace = pod["metadata"]["name"], subject.namespace
         grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+        # The containers' processes on this host tell when they exited; the
+        # pod object goes later (the kubelet reports, then deletes).
+        pids = {s["name"]: main_process(s.get("containerID", "").rpartition("//")[2])
+                for s in pod["status"].get("containerStatuses") or []}
+        watched = {c: pid for c, pid in pids.items() if pid is not None}
         started = time.monotonic()
         self.resources.delete(self.pods, name, namespace)
         exits: dict[str, int] = {}
+        exited: dict[str, float] = {}
         deadline = started + grace + 15
         while time.monotonic() < deadline:
+            for container, pid in watched.items():
+                if container not in exited and not Path(f"/proc/{pid}").exists():
+                    exited[container] = round(time.monotonic() - started, 2)
             current = self.resources.get(self.pods, name, namespace)
-            if current is None or current["metadata"]["uid"] != pod["metadata"]["uid"]:
-                break
-            for status in current.get("status", {}).get("containerStatuses") or []:
+            gone = current is None or current["metadata"]["uid"] != pod["metadata"]["uid"]
+            for status in [] if gone else current.get("status", {}).get("containerStatuses") or []:
                 terminated = (status.get("state") or {}).get("terminated")
                 if terminated and status["name"] not in exits:
                     exits[status["name"]] = terminated.get("exitCode", -1)
-            self.sleep(POLL_SECONDS)
-        seconds = round(time.monotonic() - started, 2)
+            if gone or (watched and len(exited) == len(watched) and len(exits) == len(watched)):
+                break
+            self.sleep(POLL_SECONDS / 2)
+        gone_seconds = round(time.monotonic() - started, 2)
+        seconds = max(exited.values()) if watched and len(exited) == len(watched) else gone_seconds
         self._wait_available(subject, self.spec.timeout)
         killed = sorted(c for c, code in exits.items() if code == SIGKILL_EXIT)
-        measured = {"exit_seconds": seconds, "grace_seconds": grace, "exit_codes": exits}
+        measured = {"exit_seconds": seconds, "grace_seconds": grace, "exit_codes": exits,
+                    "measured_by": "process" if watched else "pod object"}
         if killed or seconds >= grace:
             why = f"container {', '.join(killed)} exited 137 (SIGKILL)" if killed else "it was still running"
             return Outcome(False, f"pod {name}: {why} {seconds}s after deletion; grace period {grace}s",
@@ -161,15 +174,18 @@ class Runtime:
         original = self._deployment(subject)["spec"].get("replicas", 1)
         with Traffic(self._targets(subject, services)) as traffic:
             try:
+                traffic.phase = "out"
                 self._scale_to(subject, 3)
                 out = self._wait_available(subject, self.spec.timeout, replicas=3)
             finally:
+                traffic.phase = "in"
                 self._scale_to(subject, original)
             back = self._wait_available(subject, self.spec.timeout, replicas=original)
+            self._wait_pods_gone(subject, self.spec.timeout)  # scaled in once the extra pods are gone
         measured = {"out_seconds": out, "in_seconds": back, **traffic.counts()}
         problems = [f"not 3 Ready replicas within {self.spec.timeout:g}s" if out is None else "",
                     f"not back to {original} within {self.spec.timeout:g}s" if back is None else "",
-                    traffic.verdict(self.spec.request_budget)]
+                    traffic.verdict(int(self.spec.scale_failure_ratio * traffic.counts()["requests"]))]
         problems = [p for p in problems if p]
         text = f"1->3->{original}: out {out}s, in {back}s; {traffic.summary()}"
         return Outcome(not problems, "; ".join(problems) + f" ({text})" if problems else text, measured=measured)
@@ -190,12 +206,16 @@ class Runtime:
                                 UPDATE_ANNOTATION: str(time.time())}}]
         with Traffic(self._targets(subject, services)) as traffic:
             try:
+                traffic.phase = "update"
                 self._patch_deployment(subject, patch, "application/json-patch+json")
                 updated = self._wait_available(subject, self.spec.timeout)
+                self._wait_pods_gone(subject, self.spec.timeout)
             finally:  # the undo: the old template back, whose ReplicaSet still exists
+                traffic.phase = "undo"
                 self._patch_deployment(subject, [{"op": "replace", "path": "/spec/template", "value": template}],
                                        "application/json-patch+json")
             undone = self._wait_available(subject, self.spec.timeout)
+            self._wait_pods_gone(subject, self.spec.timeout)
         now_rs = self._current_replica_set(subject, self._deployment(subject))
         measured = {"update_seconds": updated, "undo_seconds": undone, "old_replica_set": old_rs,
                     "replica_set_after_undo": now_rs, **traffic.counts()}
@@ -286,6 +306,10 @@ class Runtime:
 
         return round(time.monotonic() - started, 2) if self._until(complete, seconds) else None
 
+    def _wait_pods_gone(self, subject: Subject, seconds: float) -> None:
+        """Until no pod of the workload is terminating (their requests drain)."""
+        self._until(lambda: not any(p["metadata"].get("deletionTimestamp") for p in self._pods(subject)), seconds)
+
     def _scale_to(self, subject: Subject, replicas: int) -> None:
         self.resources.request("PATCH", self.deployments.path(subject.namespace, subject.name) + "/scale",
                                body={"spec": {"replicas": replicas}},
@@ -370,6 +394,7 @@ class Traffic:
         self.targets = targets
         self.ok = self.failed = 0
         self.errors: dict[str, int] = {}
+        self.phase = "before"  # errors are counted per phase of the change (out, in, update, undo)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="cnf-traffic")
 
@@ -391,7 +416,8 @@ class Traffic:
                     self.ok += 1
                 else:
                     self.failed += 1
-                    self.errors[error] = self.errors.get(error, 0) + 1
+                    key = f"{self.phase}: {error}"
+                    self.errors[key] = self.errors.get(key, 0) + 1
 
     def counts(self) -> dict[str, Any]:
         return {"requests": self.ok + self.failed, "failed_requests": self.failed, "errors": dict(self.errors)}
@@ -408,7 +434,7 @@ class Traffic:
         return f"{self.failed} failed requests, budget {budget} ({top})"
 
 
-def request(ip: str, port: int, http: bool, timeout: float = 1.0) -> str | None:
+def request(ip: str, port: int, http: bool, timeout: float = 2.0) -> str | None:
     """None when the Service answered, else why not."""
     try:
         with socket.create_connection((ip, port), timeout=timeout) as conn:
