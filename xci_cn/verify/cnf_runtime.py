@@ -120,7 +120,8 @@ class Runtime:
                     exited[container] = round(time.monotonic() - started, 2)
             current = self.resources.get(self.pods, name, namespace)
             gone = current is None or current["metadata"]["uid"] != pod["metadata"]["uid"]
-            for status in [] if gone else current.get("status", {}).get("containerStatuses") or []:
+            statuses = [] if current is None or gone else (current.get("status") or {}).get("containerStatuses") or []
+            for status in statuses:
                 terminated = (status.get("state") or {}).get("terminated")
                 if terminated and status["name"] not in exits:
                     exits[status["name"]] = terminated.get("exitCode", -1)
