@@ -131,3 +131,16 @@ stages:
     lines = proc.stderr.strip().splitlines()
     assert lines == [f"xci-cn: s.yaml:8: stages[0].with.traffic.rate: input should be less than or equal to "
                      f"{MAX_RATE} (got {MAX_RATE * 10})"], proc.stderr
+
+
+def test_down_stops_the_proxy_and_prometheus_by_their_pids(gateway_sandbox: dict) -> None:
+    """The proxy names its sandbox only in its environment, not its arguments:
+    down must stop it by the PID (and binary) it recorded."""
+    from xci_cn.sandbox import cluster
+
+    cluster.up("leaks", "aio", pods="simulated")
+    started = {c: p for c, p in cluster.Sandbox("leaks").running_components().items()
+               if c in ("traefik", "prometheus")}
+    assert set(started) == {"traefik", "prometheus"}
+    cluster.down("leaks")
+    assert [c for c, p in started.items() if cluster.pid_alive(p)] == []
