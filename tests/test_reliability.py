@@ -20,6 +20,10 @@ from tests.helpers import XCI_CN, cli, deploy_scenario, junit_cases, kubectl, sd
 from tests.leaks import processes_mentioning
 from xci_cn.paths import REPO_ROOT
 
+# Runs that bring up sandboxes of their own, about signals and concurrency, not
+# pods: a host has one real node, so they use kwok's.
+SIMULATED_PODS = {**os.environ, "XCI_CN_SANDBOX_PODS": "simulated"}
+
 
 @pytest.fixture(scope="module")
 def fault_sandbox(isolated_sandbox_home: Path) -> dict:
@@ -106,7 +110,7 @@ stages:
     write_scenario(tmp_path, text, "s.yaml")
     proc = subprocess.Popen([*XCI_CN, "run", "--scenario", "s.yaml", "--flavor", "aio", "--sandbox-name",
                              "aborted", "--results-dir", "R"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=SIMULATED_PODS)
     wait_until(lambda: "canary step 1/2" in (tmp_path / "R" / "logs" / "deploy.log").read_text()
                if (tmp_path / "R" / "logs" / "deploy.log").exists() else False, timeout=120, what="step 1")
     proc.send_signal(signal.SIGTERM)
@@ -256,7 +260,7 @@ def test_two_runs_at_once_do_not_interfere(tmp_path: Path, isolated_sandbox_home
         workdir.mkdir()
         procs.append((name, workdir, subprocess.Popen(
             [*XCI_CN, "run", "--flavor", "aio", "--sandbox-name", name, "--results-dir", "R"], cwd=workdir,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SIMULATED_PODS)))
     for name, workdir, proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{name}: {out}{err}"
