@@ -73,11 +73,12 @@ def _up_when_the_real_node_is_free(start: Any, patience: float = 1800) -> None:
 
 
 @pytest.fixture(scope="session")
-def gateway_sandbox(isolated_sandbox_home: Path) -> Iterator[dict]:
-    """A sandbox with kwok-simulated pods for the data-plane tests whose
-    backends are servers of the tests (the proxy, Prometheus and the Gateway
-    API do not need the host's one real node): ``{"name", "kubeconfig",
-    "api_url"}``."""
+def simulated_sandbox(isolated_sandbox_home: Path) -> Iterator[dict]:
+    """A sandbox with kwok-simulated pods, for the tests that do not need the
+    host's one real node: data-plane tests whose backends are servers of the
+    tests (the proxy, Prometheus and the Gateway API run without it), and
+    real-world samples whose images cannot be had here (Istio's bookinfo
+    pulls from docker.io). ``{"name", "kubeconfig", "api_url"}``."""
     from xci_cn.sandbox import cluster
 
     name = "xci-cn-gateway"

@@ -3,26 +3,16 @@ benchmark)."""
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
 from xci_cn.sandbox.cluster import pid_alive
+from xci_cn.sandbox.node import command_lines
 
 
 def processes_mentioning(text: str) -> list[tuple[int, str]]:
     """Live processes whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and pid_alive(int(entry.name)):
-            found.append((int(entry.name), cmdline.strip()))
-    return found
+    return [(pid, cmdline.strip()) for pid, cmdline in command_lines() if text in cmdline and pid_alive(pid)]
 
 
 def port_listening(port: int) -> bool:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import cli, run_scenario
+from xci_cn.errors import EXIT_INVALID_INPUT
 from xci_cn.paths import REPO_ROOT
+from xci_cn.pipeline.state import Outcome, Status
 from xci_cn.verify import cnf, kubescore
 
 BAD = REPO_ROOT / "tests" / "corpus" / "cnf" / "bad"
@@ -314,7 +316,8 @@ def test_traffic_counts_real_failures_of_a_real_server() -> None:
 def test_a_selector_matching_nothing_fails_the_stage_as_invalid_input(tmp_path: Path) -> None:
     result = run_scenario(tmp_path, SCENARIO.format(bad=BAD, extra=", objects: [StatefulSet/*]"))
     record = result.records[0]
-    assert (record.status, record.invalid_input, result.invalid_input) == ("failed", True, True)
+    assert (record.status, record.outcome) == (Status.FAILED, Outcome.INVALID_INPUT)
+    assert result.exit_code == EXIT_INVALID_INPUT
     assert record.error == ("cnf: objects StatefulSet/* match no workload (there are: Deployment/privileged, "
                             "Deployment/no-probes, Deployment/latest-tag, Deployment/ignores-sigterm)")
     assert record.checks == []

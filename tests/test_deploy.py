@@ -4,6 +4,7 @@ strategy; pre-flight rejections leave nothing applied."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def test_full_sdc_deploy_then_idempotent_reapply(sandbox: dict, tmp_path: Path) 
         assert item["status"]["availableReplicas"] == item["spec"]["replicas"]
     managers = {m["manager"] for m in deployments[0]["metadata"]["managedFields"]}
     assert "xci-cn" in managers
-    gateway = json.loads(kubectl(sandbox, "get", "gateway", "sdc-gateway", "-n", namespace, "-o", "json"))
+    # Qualified: the Gateway API's Gateway is served too.
+    gateway = json.loads(kubectl(sandbox, "get", "gateways.networking.istio.io", "sdc-gateway", "-n", namespace,
+                                 "-o", "json"))
     assert gateway["apiVersion"] == "networking.istio.io/v1"
     code, summary, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace), "R2")
     assert code == 0, out
@@ -171,7 +174,8 @@ def test_missing_routing_objects_are_found_before_anything_is_applied(sandbox: d
     path = manifests / "40-http-lb.yaml"
     text = path.read_text()
     if breakage == "no-subset":
-        text = text.replace("    - name: v2\n      labels: {version: v2}\n", "")
+        text, removed = re.subn(r"\n( *)- name: v2\n\1  labels: \{version: v2\}", "", text)
+        assert removed == 1
     elif breakage == "no-rule":
         documents = text.split("\n---\n")
         text = "\n---\n".join(d for d in documents if "kind: DestinationRule" not in d)

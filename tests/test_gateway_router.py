@@ -7,14 +7,62 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
+import requests
 
 from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy
 from xci_cn.paths import SAMPLES_DIR
 
 GATEWAY = {"router": "gateway-api", "service": "http-lb", "stable": "v1", "canary": "v2"}
+
+
+def _until(what: str, probe, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not seen in {timeout:g}s (last: {last!r})")
+
+
+def test_sandbox_serves_the_gateway_and_prometheus_scrapes_the_proxy(simulated_sandbox: dict) -> None:
+    sandbox = simulated_sandbox
+    report = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)
+    gateway, prometheus = urlparse(report["gateway_url"]), urlparse(report["prometheus_url"])
+    assert gateway.hostname == prometheus.hostname == "127.0.0.1"
+    assert {"traefik", "prometheus"} <= set(report["components"])
+    assert all(c["established"] for c in report["gateway_api_crds"])
+    assert {c["name"] for c in report["gateway_api_crds"]} >= {
+        "httproutes.gateway.networking.k8s.io", "gateways.gateway.networking.k8s.io"}
+
+    def accepted() -> bool:
+        stored = json.loads(kubectl(sandbox, "get", "gateway", "edge", "-n", "xci-gateway", "-o", "json"))
+        conditions = {c["type"]: c["status"] for c in stored.get("status", {}).get("conditions", [])}
+        return conditions.get("Accepted") == "True" and conditions.get("Programmed") == "True"
+
+    _until("the Gateway accepted by Traefik", accepted)
+    stored = json.loads(kubectl(sandbox, "get", "gateway", "edge", "-n", "xci-gateway", "-o", "json"))
+    assert stored["spec"]["listeners"][0]["port"] == gateway.port
+    assert stored["status"]["addresses"] == [{"type": "IPAddress", "value": "127.0.0.1"}]
+    # Nothing routes yet (this is the first test on the gateway sandbox: the
+    # others leave their routes behind): the proxy answers 404 itself.
+    assert requests.get(report["gateway_url"] + "/nothing-here", timeout=5).status_code == 404
+
+    def scraped() -> list:
+        targets = requests.get(report["prometheus_url"] + "/api/v1/targets", timeout=5).json()
+        return [t for t in targets["data"]["activeTargets"]
+                if t["labels"]["job"] == "gateway" and t["health"] == "up"]
+
+    _until("the proxy scraped by Prometheus", scraped)
+    body = requests.get(report["prometheus_url"] + "/api/v1/query",
+                        params={"query": 'traefik_config_reloads_total{job="gateway"}'}, timeout=5).json()
+    assert float(body["data"]["result"][0]["value"][1]) >= 1
 
 
 def sdc_gateway_copy(tmp_path: Path) -> tuple[Path, Path, str]:
@@ -47,33 +95,33 @@ def rollout_cli(sandbox: dict, action: str, namespace: str) -> tuple[int, dict |
     return proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, proc.stderr
 
 
-def test_canary_steps_the_httproute_weights_then_promote(gateway_sandbox: dict, tmp_path: Path) -> None:
+def test_canary_steps_the_httproute_weights_then_promote(simulated_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
     code, summary, out = run_on_cluster(
-        tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
+        tmp_path, simulated_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                steps=[10, 50, 100], **GATEWAY))
     assert code == 0, out
     steps = summary["stages"][0]["outputs"]["steps"]
     assert [s["weights"] for s in steps] == [{"v1": 90, "v2": 10}, {"v1": 50, "v2": 50}, {"v1": 0, "v2": 100}]
-    assert stored_weights(gateway_sandbox, namespace) == {"http-lb-v1": 0, "http-lb-v2": 100}
-    code, status, err = rollout_cli(gateway_sandbox, "status", namespace)
+    assert stored_weights(simulated_sandbox, namespace) == {"http-lb-v1": 0, "http-lb-v2": 100}
+    code, status, err = rollout_cli(simulated_sandbox, "status", namespace)
     assert code == 0, err
     assert status["router"] == "gateway-api" and status["route"] == f"HTTPRoute {namespace}/http-lb"
     assert status["weights"] == {"v1": 0, "v2": 100} and status["rollout"]["phase"] == "completed"
-    code, promoted, err = rollout_cli(gateway_sandbox, "promote", namespace)
+    code, promoted, err = rollout_cli(simulated_sandbox, "promote", namespace)
     assert code == 0, err
     assert promoted["stable"] == "v2" and promoted["scaled_down"] == ["http-lb-v1"]
-    assert stored_weights(gateway_sandbox, namespace) == {"http-lb-v2": 100}
-    v1 = json.loads(kubectl(gateway_sandbox, "get", "deploy", "http-lb-v1", "-n", namespace, "-o", "json"))
+    assert stored_weights(simulated_sandbox, namespace) == {"http-lb-v2": 100}
+    v1 = json.loads(kubectl(simulated_sandbox, "get", "deploy", "http-lb-v1", "-n", namespace, "-o", "json"))
     assert v1["spec"]["replicas"] == 0
     # The rest of the stored route is the user's, untouched.
-    route = stored_route(gateway_sandbox, namespace)
+    route = stored_route(simulated_sandbox, namespace)
     assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
                                             "name": "edge", "namespace": "xci-gateway"}]
     assert route["spec"]["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
 
 
-def test_rollback_reads_back_the_stored_httproute(gateway_sandbox: dict, tmp_path: Path) -> None:
+def test_rollback_reads_back_the_stored_httproute(simulated_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
     text = route_scenario(manifests, routes, namespace, strategy="canary", steps=[25, 100], **GATEWAY) + f"""\
   - name: rollback
@@ -81,28 +129,28 @@ def test_rollback_reads_back_the_stored_httproute(gateway_sandbox: dict, tmp_pat
     needs: [deploy]
     with: {{action: rollback, namespace: {namespace}, service: http-lb, router: gateway-api}}
 """
-    code, summary, out = run_on_cluster(tmp_path, gateway_sandbox, text)
+    code, summary, out = run_on_cluster(tmp_path, simulated_sandbox, text)
     assert code == 0, out
     rollback = summary["stages"][1]
     assert rollback["outputs"]["read_back"] == {"weights": {"v1": 100}, "ok": True}
     assert rollback["checks"][0]["passed"]
-    rule = stored_route(gateway_sandbox, namespace)["spec"]["rules"][0]
+    rule = stored_route(simulated_sandbox, namespace)["spec"]["rules"][0]
     assert [(r["name"], r["weight"]) for r in rule["backendRefs"]] == [("http-lb-v1", 100)]
     assert "filters" not in rule
-    v2 = json.loads(kubectl(gateway_sandbox, "get", "deploy", "http-lb-v2", "-n", namespace, "-o", "json"))
+    v2 = json.loads(kubectl(simulated_sandbox, "get", "deploy", "http-lb-v2", "-n", namespace, "-o", "json"))
     assert v2["spec"]["replicas"] == 0
 
 
-def test_bluegreen_switch_then_rollback_from_the_cli(gateway_sandbox: dict, tmp_path: Path) -> None:
+def test_bluegreen_switch_then_rollback_from_the_cli(simulated_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
-    code, summary, out = run_on_cluster(tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace,
+    code, summary, out = run_on_cluster(tmp_path, simulated_sandbox, route_scenario(manifests, routes, namespace,
                                                                strategy="bluegreen", **GATEWAY))
     assert code == 0, out
-    assert stored_weights(gateway_sandbox, namespace) == {"http-lb-v1": 0, "http-lb-v2": 100}
-    code, back, err = rollout_cli(gateway_sandbox, "rollback", namespace)
+    assert stored_weights(simulated_sandbox, namespace) == {"http-lb-v1": 0, "http-lb-v2": 100}
+    code, back, err = rollout_cli(simulated_sandbox, "rollback", namespace)
     assert code == 0, err
     assert back["read_back"]["ok"] is True
-    assert stored_weights(gateway_sandbox, namespace) == {"http-lb-v1": 100}
+    assert stored_weights(simulated_sandbox, namespace) == {"http-lb-v1": 100}
 
 
 def _without_v2_service(routes: Path) -> None:
@@ -128,34 +176,34 @@ def _with_foreign_backend(routes: Path) -> None:
     (None, {"mirror": 10}, "HTTPRoute {ns}/http-lb: mirror is not available: Traefik does not implement "
                            "the Gateway API RequestMirror filter"),
 ], ids=["missing-route", "missing-backend-service", "foreign-backend", "mirror-on-traefik"])
-def test_bad_routing_stops_before_any_weight_moves(gateway_sandbox: dict, tmp_path: Path, break_it, options: dict,
+def test_bad_routing_stops_before_any_weight_moves(simulated_sandbox: dict, tmp_path: Path, break_it, options: dict,
                                                    message: str) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
     if break_it is not None:
         break_it(routes)
     code, summary, out = run_on_cluster(
-        tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
+        tmp_path, simulated_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                **{**GATEWAY, **options}))
     assert code == 2, out
     error = summary["stages"][0]["error"]
     assert message.format(ns=namespace) in error and "\n" not in error, out
     assert "deploy failed" in out and "Traceback" not in out
-    route = stored_route(gateway_sandbox, namespace)  # what the user applied, as applied
+    route = stored_route(simulated_sandbox, namespace)  # what the user applied, as applied
     assert "xci-cn.opnfv.org/rollout" not in (route["metadata"].get("annotations") or {})
     assert route["spec"]["rules"][0]["backendRefs"][:2] == [
         {"group": "", "kind": "Service", "name": "http-lb-v1", "port": 9180, "weight": 100},
         {"group": "", "kind": "Service", "name": "http-lb-v2", "port": 9180, "weight": 0}]
 
 
-def test_a_gateway_api_version_the_cluster_does_not_serve(gateway_sandbox: dict, tmp_path: Path) -> None:
+def test_a_gateway_api_version_the_cluster_does_not_serve(simulated_sandbox: dict, tmp_path: Path) -> None:
     manifests, routes, namespace = sdc_gateway_copy(tmp_path)
     path = routes / "45-http-lb-route.yaml"
     path.write_text(path.read_text().replace("gateway.networking.k8s.io/v1\n",
                                              "gateway.networking.k8s.io/v1alpha2\n"))
     code, summary, out = run_on_cluster(
-        tmp_path, gateway_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
+        tmp_path, simulated_sandbox, route_scenario(manifests, routes, namespace, strategy="canary",
                                                                **GATEWAY))
     assert code == 2, out
-    assert "45-http-lb-route.yaml:28: document 3: HTTPRoute/http-lb: kind HTTPRoute is not served by the " \
+    assert "45-http-lb-route.yaml:28:1: document 3: HTTPRoute/http-lb: kind HTTPRoute is not served by the " \
            "cluster in apiVersion gateway.networking.k8s.io/v1alpha2" in summary["stages"][0]["error"]
-    assert namespace not in kubectl(gateway_sandbox, "get", "namespaces", "-o", "name")
+    assert namespace not in kubectl(simulated_sandbox, "get", "namespaces", "-o", "name")

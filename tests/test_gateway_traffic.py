@@ -182,10 +182,10 @@ def canary_stages(manifests: Path, namespace: str, analysis: str = ANALYSIS, ste
 """
 
 
-def test_split_probe_measures_the_route_weights_on_real_requests(gateway_sandbox: dict, tmp_path: Path,
+def test_split_probe_measures_the_route_weights_on_real_requests(simulated_sandbox: dict, tmp_path: Path,
                                                                  backends: dict) -> None:
     manifests, namespace = graph(tmp_path, backends, (80, 20))
-    code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, f"""  - name: deploy
+    code, summary, out = run_on_sandbox(tmp_path, simulated_sandbox, f"""  - name: deploy
     type: deploy
     needs: [provision]
     with: {{manifests: ["{manifests}"], namespace: {namespace}}}
@@ -211,10 +211,10 @@ def test_split_probe_measures_the_route_weights_on_real_requests(gateway_sandbox
     assert set(traffic["versions"]) == {"v1", "v2"} and traffic["latency_ms"]["p99"] > 0
 
 
-def test_canary_on_real_traffic_judged_by_the_proxy_metrics(gateway_sandbox: dict, tmp_path: Path,
+def test_canary_on_real_traffic_judged_by_the_proxy_metrics(simulated_sandbox: dict, tmp_path: Path,
                                                             backends: dict) -> None:
     manifests, namespace = graph(tmp_path, backends)
-    code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox,
+    code, summary, out = run_on_sandbox(tmp_path, simulated_sandbox,
                                         canary_stages(manifests, namespace, steps="[25, 100]"))
     assert code == 0, out
     outputs = stage(summary, "deploy")["outputs"]
@@ -234,12 +234,12 @@ def test_canary_on_real_traffic_judged_by_the_proxy_metrics(gateway_sandbox: dic
     assert f"{traffic['requests']} requests to " in report
 
 
-def test_bad_canary_is_rolled_back_on_its_failing_requests(gateway_sandbox: dict, tmp_path: Path,
+def test_bad_canary_is_rolled_back_on_its_failing_requests(simulated_sandbox: dict, tmp_path: Path,
                                                            backends: dict) -> None:
     backends["v2"].fail_every = 2  # half of v2's answers are 500
     try:
         manifests, namespace = graph(tmp_path, backends)
-        code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, canary_stages(manifests, namespace) + f"""\
+        code, summary, out = run_on_sandbox(tmp_path, simulated_sandbox, canary_stages(manifests, namespace) + f"""\
   - name: after-rollback
     type: verify
     needs: [deploy]
@@ -261,7 +261,7 @@ def test_bad_canary_is_rolled_back_on_its_failing_requests(gateway_sandbox: dict
     assert [s["action"] for s in steps] == ["shift", "rollback"]
     assert deploy["outputs"]["rollout"]["read_back"] == {"weights": {"v1": 100}, "ok": True}
     assert deploy["outputs"]["traffic"]["codes"]["500"] > 0
-    rule = json.loads(kubectl(gateway_sandbox, "get", "httproute", "http-lb", "-n", namespace, "-o", "json"))
+    rule = json.loads(kubectl(simulated_sandbox, "get", "httproute", "http-lb", "-n", namespace, "-o", "json"))
     assert [(r["name"], r["weight"]) for r in rule["spec"]["rules"][0]["backendRefs"]] == [("http-lb-v1", 100)]
     split = stage(summary, "after-rollback")["checks"][0]
     assert split["passed"] and split["details"]["observed"] == {"v1": 100.0}, split
@@ -297,7 +297,7 @@ def _component_pid(sandbox: dict, component: str) -> int:
     return Sandbox(sandbox["name"]).running_components()[component]
 
 
-def test_a_killed_canary_backend_is_seen_by_the_analysis_and_rolled_back(gateway_sandbox: dict, tmp_path: Path,
+def test_a_killed_canary_backend_is_seen_by_the_analysis_and_rolled_back(simulated_sandbox: dict, tmp_path: Path,
                                                                         backends: dict) -> None:
     manifests, namespace = graph(tmp_path, backends)
     killed = {}
@@ -308,7 +308,7 @@ def test_a_killed_canary_backend_is_seen_by_the_analysis_and_rolled_back(gateway
 
     watcher = _during_first_step(backends, kill)
     try:
-        code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, canary_stages(manifests, namespace))
+        code, summary, out = run_on_sandbox(tmp_path, simulated_sandbox, canary_stages(manifests, namespace))
     finally:
         watcher.join(timeout=5)
         if killed:  # a new v2 for the tests after this one
@@ -317,19 +317,19 @@ def test_a_killed_canary_backend_is_seen_by_the_analysis_and_rolled_back(gateway
     deploy = stage(summary, "deploy")
     assert "canary v2 rolled back at step 1 (25%): analysis Failed:" in deploy["error"], deploy["error"]
     assert deploy["outputs"]["traffic"]["codes"].get("502", 0) > 0
-    assert _stored_backends(gateway_sandbox, namespace) == [("http-lb-v1", 100)]
+    assert _stored_backends(simulated_sandbox, namespace) == [("http-lb-v1", 100)]
 
 
-def test_prometheus_gone_ends_in_an_error_verdict_after_its_limit(gateway_sandbox: dict, tmp_path: Path,
+def test_prometheus_gone_ends_in_an_error_verdict_after_its_limit(simulated_sandbox: dict, tmp_path: Path,
                                                                   backends: dict) -> None:
     import signal
 
     manifests, namespace = graph(tmp_path, backends)
-    pid = _component_pid(gateway_sandbox, "prometheus")
+    pid = _component_pid(simulated_sandbox, "prometheus")
     analysis = ANALYSIS.replace("count: 2", "count: 4\n        error_limit: 2")
     watcher = _during_first_step(backends, lambda: os.kill(pid, signal.SIGSTOP))
     try:
-        code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, canary_stages(manifests, namespace, analysis))
+        code, summary, out = run_on_sandbox(tmp_path, simulated_sandbox, canary_stages(manifests, namespace, analysis))
     finally:
         watcher.join(timeout=5)
         os.kill(pid, signal.SIGCONT)
@@ -337,16 +337,16 @@ def test_prometheus_gone_ends_in_an_error_verdict_after_its_limit(gateway_sandbo
     error = stage(summary, "deploy")["error"]
     assert "analysis Error: 2 measurements in a row could not be taken: success: Prometheus " in error, error
     assert "unreachable: ReadTimeout" in error and "read-back: v1 has 100%" in error
-    assert _stored_backends(gateway_sandbox, namespace) == [("http-lb-v1", 100)]
+    assert _stored_backends(simulated_sandbox, namespace) == [("http-lb-v1", 100)]
 
 
-def test_the_proxy_stopped_for_5s_leaves_no_data_and_the_policy_decides(gateway_sandbox: dict, tmp_path: Path,
+def test_the_proxy_stopped_for_5s_leaves_no_data_and_the_policy_decides(simulated_sandbox: dict, tmp_path: Path,
                                                                        backends: dict) -> None:
     import signal
     import time
 
     manifests, namespace = graph(tmp_path, backends)
-    pid = _component_pid(gateway_sandbox, "traefik")
+    pid = _component_pid(simulated_sandbox, "traefik")
 
     def pause_proxy() -> None:
         os.kill(pid, signal.SIGSTOP)
@@ -356,7 +356,7 @@ def test_the_proxy_stopped_for_5s_leaves_no_data_and_the_policy_decides(gateway_
     analysis = ANALYSIS.replace("window: 6s", "window: 3s")
     watcher = _during_first_step(backends, pause_proxy)
     try:
-        code, summary, out = run_on_sandbox(tmp_path, gateway_sandbox, canary_stages(manifests, namespace, analysis))
+        code, summary, out = run_on_sandbox(tmp_path, simulated_sandbox, canary_stages(manifests, namespace, analysis))
     finally:
         watcher.join(timeout=15)
         os.kill(pid, signal.SIGCONT)
@@ -364,4 +364,4 @@ def test_the_proxy_stopped_for_5s_leaves_no_data_and_the_policy_decides(gateway_
     error = stage(summary, "deploy")["error"]
     assert "canary v2 rolled back at step 1 (25%): analysis Failed: " in error
     assert "success of v2: no data (policy: fail)" in error, error
-    assert _stored_backends(gateway_sandbox, namespace) == [("http-lb-v1", 100)]
+    assert _stored_backends(simulated_sandbox, namespace) == [("http-lb-v1", 100)]

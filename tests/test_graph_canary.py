@@ -35,8 +35,16 @@ spec:
     spec:
       containers:
         - name: proxy-access-control
-          image: opnfv/clover-ns-nginx-proxy:latest
-          ports: [{{containerPort: 9180}}]
+          image: xci-cn.local/sdc-app:1.0.0
+          imagePullPolicy: Never
+          args: [http, --port=9180, --name=proxy-access-control, --version={version}, '--upstream=http://http-lb:9180']
+          ports: [{{name: http, containerPort: 9180}}]
+          readinessProbe:
+            httpGet: {{path: /readyz, port: http}}
+            periodSeconds: 2
+          resources:
+            requests: {{cpu: 10m, memory: 16Mi}}
+            limits: {{cpu: 200m, memory: 32Mi}}
 ---
 """
 PROXY_ROUTING = """apiVersion: v1

@@ -1,7 +1,9 @@
 """Real-world Istio configuration nobody here wrote: Istio's own bookinfo
 sample (``samples/bookinfo`` of the ``istio.io/istio`` Go module, fetched by
 ``go mod download`` at a pinned version into the Go module cache, never
-committed), deployed on the sandbox, checked, canaried and rolled back.
+committed), deployed on a sandbox with kwok-simulated pods (its images come
+from docker.io, which cannot be reached here), checked, canaried and rolled
+back.
 
 Bookinfo names hosts the short way (``host: reviews``): Istio resolves them
 relative to the rule's namespace, and so must every check, router and
@@ -76,8 +78,10 @@ stages:
 
 @pytest.mark.parametrize("strategy,host", [("canary", None), ("bluegreen", "reviews"),
                                            ("canary", "reviews.{ns}.svc")])
-def test_bookinfo_deploys_passes_the_mesh_checks_and_canaries_reviews(sandbox: dict, bookinfo: Path, tmp_path: Path,
-                                                                       strategy: str, host: str | None) -> None:
+def test_bookinfo_deploys_passes_the_mesh_checks_and_canaries_reviews(simulated_sandbox: dict, bookinfo: Path,
+                                                                       tmp_path: Path, strategy: str,
+                                                                       host: str | None) -> None:
+    sandbox = simulated_sandbox  # bookinfo's images come from docker.io: kwok runs its pods
     namespace = f"bookinfo-{uuid.uuid4().hex[:6]}"  # does not exist: the deploy stage creates it
     write_scenario(tmp_path, _scenario(bookinfo, namespace, strategy, host and host.format(ns=namespace)), "s.yaml")
     kubeconfig = str(sandbox["kubeconfig"])

@@ -23,6 +23,9 @@ from xci_cn.paths import REPO_ROOT
 # Runs that bring up sandboxes of their own, about signals and concurrency, not
 # pods: a host has one real node, so they use kwok's.
 SIMULATED_PODS = {**os.environ, "XCI_CN_SANDBOX_PODS": "simulated"}
+# The default scenario's traffic checks need real pods; this one is the
+# whole pipeline (provision, logs, teardown) without them.
+NO_FEATURE = REPO_ROOT / "scenarios" / "k8-nosdn-nofeature.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +262,8 @@ def test_two_runs_at_once_do_not_interfere(tmp_path: Path, isolated_sandbox_home
         workdir = tmp_path / name
         workdir.mkdir()
         procs.append((name, workdir, subprocess.Popen(
-            [*XCI_CN, "run", "--flavor", "aio", "--sandbox-name", name, "--results-dir", "R"], cwd=workdir,
+            [*XCI_CN, "run", "--scenario", str(NO_FEATURE), "--flavor", "aio", "--sandbox-name", name,
+             "--results-dir", "R"], cwd=workdir,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SIMULATED_PODS)))
     for name, workdir, proc in procs:
         out, err = proc.communicate(timeout=600)

@@ -33,7 +33,7 @@ from xci_cn.pipeline.stage import Check
 from xci_cn.pipeline.state import Outcome, RunResult, StageRecord, Status
 from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, SUCCESSFUL, AnalysisSpec, MetricSpec, analyse
 from xci_cn.verify.mesh import MeshSnapshot, check_mesh
-from xci_cn.verify.prometheus import QueryResult
+from xci_cn.verify.prometheus import QueryResult, Series
 
 
 # -- health -----------------------------------------------------------------------------------
@@ -82,8 +82,8 @@ HEALTH_CASES = [
      PROGRESSING, "waiting for a load-balancer address"),
     ({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "c"}, "spec": {"type": "ClusterIP"}},
      HEALTHY, ""),
-    (pod(crashing("CrashLoopBackOff")), DEGRADED, "container c: CrashLoopBackOff"),
-    (pod(crashing("ImagePullBackOff")), DEGRADED, "container c: ImagePullBackOff"),
+    (pod(crashing("CrashLoopBackOff")), DEGRADED, "pod p container c: CrashLoopBackOff"),
+    (pod(crashing("ImagePullBackOff")), DEGRADED, "pod p container c: ImagePullBackOff"),
     (pod({"phase": "Failed", "message": "OOMKilled"}), DEGRADED, "OOMKilled"),
     (pod({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}), HEALTHY, "ready"),
     (pod({}), PROGRESSING, "phase Pending"),
@@ -245,13 +245,15 @@ class StubMetrics:
         self.by_version = by_version
         self.queries: list[str] = []
 
-    def query(self, promql: str) -> QueryResult:
+    def query(self, promql: str, at: float | None = None) -> QueryResult:
         self.queries.append(promql)
         version = re.search(r'destination_version="([^"]+)"', promql).group(1)  # type: ignore[union-attr]
         value = self.by_version.get(version)
         if isinstance(value, str):
-            return QueryResult(None, value)
-        return QueryResult(value)
+            return QueryResult(error=value)
+        if value is None:
+            return QueryResult()
+        return QueryResult([Series({}, [(at or 0.0, repr(value))])])
 
 
 def spec(**fields: Any) -> AnalysisSpec:

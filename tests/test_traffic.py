@@ -1,68 +1,21 @@
-"""The sandbox's data plane and metrics, and the load generator: Traefik
-serves the Gateway on loopback, Prometheus scrapes it, vegeta sends at the
-asked rate and records what came back."""
+"""The load generator (vegeta sends at the asked rate and records what came
+back) and the stopping of the sandbox's proxy and Prometheus. That Traefik
+serves the Gateway and Prometheus scrapes it is the first test of
+test_gateway_router.py."""
 
 from __future__ import annotations
 
 import http.server
-import json
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
-import requests
-
-from tests.helpers import cli, kubectl, write_scenario
+from tests.helpers import cli, write_scenario
 from tests.meshmetrics import version_servers
 from xci_cn.sandbox.binaries import cached_tool
 from xci_cn.verify.load import MAX_RATE, Load, TrafficSpec
-
-
-def _until(what: str, probe, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not seen in {timeout:g}s (last: {last!r})")
-
-
-def test_sandbox_serves_the_gateway_and_prometheus_scrapes_the_proxy(gateway_sandbox: dict) -> None:
-    sandbox = gateway_sandbox
-    report = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)
-    gateway, prometheus = urlparse(report["gateway_url"]), urlparse(report["prometheus_url"])
-    assert gateway.hostname == prometheus.hostname == "127.0.0.1"
-    assert {"traefik", "prometheus"} <= set(report["components"])
-    assert all(c["established"] for c in report["gateway_api_crds"])
-    assert {c["name"] for c in report["gateway_api_crds"]} >= {
-        "httproutes.gateway.networking.k8s.io", "gateways.gateway.networking.k8s.io"}
-
-    def accepted() -> bool:
-        stored = json.loads(kubectl(sandbox, "get", "gateway", "edge", "-n", "xci-gateway", "-o", "json"))
-        conditions = {c["type"]: c["status"] for c in stored.get("status", {}).get("conditions", [])}
-        return conditions.get("Accepted") == "True" and conditions.get("Programmed") == "True"
-
-    _until("the Gateway accepted by Traefik", accepted)
-    stored = json.loads(kubectl(sandbox, "get", "gateway", "edge", "-n", "xci-gateway", "-o", "json"))
-    assert stored["spec"]["listeners"][0]["port"] == gateway.port
-    assert stored["status"]["addresses"] == [{"type": "IPAddress", "value": "127.0.0.1"}]
-    # Nothing routes yet: the proxy answers 404 itself, on the Gateway's port.
-    assert requests.get(report["gateway_url"] + "/nothing-here", timeout=5).status_code == 404
-
-    def scraped() -> list:
-        targets = requests.get(report["prometheus_url"] + "/api/v1/targets", timeout=5).json()
-        return [t for t in targets["data"]["activeTargets"]
-                if t["labels"]["job"] == "gateway" and t["health"] == "up"]
-
-    _until("the proxy scraped by Prometheus", scraped)
-    body = requests.get(report["prometheus_url"] + "/api/v1/query",
-                        params={"query": 'traefik_config_reloads_total{job="gateway"}'}, timeout=5).json()
-    assert float(body["data"]["result"][0]["value"][1]) >= 1
 
 
 def test_load_generator_sends_the_asked_rate_and_records_the_answers(tmp_path: Path) -> None:
@@ -129,11 +82,13 @@ stages:
     proc = cli("validate", "s.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines == [f"xci-cn: s.yaml:8: stages[0].with.traffic.rate: input should be less than or equal to "
-                     f"{MAX_RATE} (got {MAX_RATE * 10})"], proc.stderr
+    assert lines == [f"xci-cn: s.yaml:8:17: stages[0].with.traffic.rate: input should be less than or equal to "
+                     f"{MAX_RATE} (got {MAX_RATE * 10})",
+                     f"          traffic: {{rate: {MAX_RATE * 10}}}",
+                     "                    ^"], proc.stderr
 
 
-def test_down_stops_the_proxy_and_prometheus_by_their_pids(gateway_sandbox: dict) -> None:
+def test_down_stops_the_proxy_and_prometheus_by_their_pids(simulated_sandbox: dict) -> None:
     """The proxy names its sandbox only in its environment, not its arguments:
     down must stop it by the PID (and binary) it recorded."""
     from xci_cn.sandbox import cluster

@@ -402,12 +402,12 @@ def sandbox_down(name: str) -> None:
 @click.argument("tarball", type=click.Path(path_type=Path))
 @click.option("--name", "image_name", default=None,
               help="Image reference to give an image whose tarball names none.")
-@setting("--sandbox", field="sandbox")
-def sandbox_load_image(tarball: Path, image_name: str | None, name: str) -> None:
+@setting("--sandbox", "sandbox_name", field="sandbox")
+def sandbox_load_image(tarball: Path, image_name: str | None, sandbox_name: str) -> None:
     """Import an OCI or docker-archive image tarball into the real node's containerd."""
     from xci_cn.sandbox.cluster import load_image
 
-    for loaded in load_image(name, tarball, image_name):
+    for loaded in load_image(sandbox_name, tarball, image_name):
         click.echo(f"loaded {loaded}")
 
 
