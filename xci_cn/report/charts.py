@@ -13,6 +13,7 @@ versions and messages are untrusted). Elements carry ``class`` and
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
@@ -85,6 +86,19 @@ def _text(x: float, y: float, text: str, *, anchor: str = "start", cls: str = ""
     klass = f' class="{cls}"' if cls else ""
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{fill}"{klass}>'
             f"{escape(text)}</text>")
+
+
+def _stacked(shares: dict[str, Any], colours: dict[str, str], bottom: float, height: float
+             ) -> Iterator[tuple[str, float, float, float]]:
+    """(version, percent, y, h) of each version's segment of a 100 % column
+    standing on ``bottom``, stacked in ``colours``' order; zero shares are left out."""
+    for version in colours:
+        share = number(shares.get(version))
+        if not share:
+            continue
+        h = height * min(max(share, 0), 100) / 100
+        bottom -= h
+        yield version, share, bottom, h
 
 
 def _clip(text: str, length: int) -> str:
@@ -274,34 +288,21 @@ def weights_svg(steps: list[dict[str, Any]], width: int = WIDE) -> str:
         if step.get("reason"):
             title += f" — {step['reason']}"
         parts.append(f"<title>{escape(title)}</title>")
-        bottom = float(top + plot_h)
-        for version in colours:
-            share = number(weights.get(version))
-            if not share:
-                continue
-            h = plot_h * min(max(share, 0), 100) / 100
+        for version, share, y, h in _stacked(weights, colours, top + plot_h, plot_h):
             parts.append(f'<rect class="weight" data-version="{escape(version)}" data-percent="{share:g}" '
-                         f'x="{x:.1f}" y="{bottom - h:.1f}" width="{w:.1f}" height="{h:.1f}" '
+                         f'x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" '
                          f'fill="{colours[version]}"/>')
             if h >= 14:
-                parts.append(_text(x + w / 2, bottom - h / 2 + 4, f"{share:g}%", anchor="middle",
-                                   fill="#fff"))
-            bottom -= h
+                parts.append(_text(x + w / 2, y + h / 2 + 4, f"{share:g}%", anchor="middle", fill="#fff"))
         measured = step.get("measured")
         if isinstance(measured, dict) and measured:
             # What the real requests of this step met: a thin column beside the weights.
-            mark_bottom = float(top + plot_h)
-            for version in colours:
-                share = number(measured.get(version))
-                if not share:
-                    continue
-                h = plot_h * min(max(share, 0), 100) / 100
+            for version, share, y, h in _stacked(measured, colours, top + plot_h, plot_h):
                 parts.append(f'<rect class="measured" data-version="{escape(version)}" '
-                             f'data-percent="{share:g}" x="{x + w + 2:.1f}" y="{mark_bottom - h:.1f}" '
+                             f'data-percent="{share:g}" x="{x + w + 2:.1f}" y="{y:.1f}" '
                              f'width="5" height="{h:.1f}" fill="{colours[version]}" stroke="#333" '
                              'stroke-width="0.5"><title>'
                              f'{escape(f"measured: {version} {share:.1f}% of the answers")}</title></rect>')
-                mark_bottom -= h
         if action == "rollback":
             parts.append(f'<rect class="rollback-mark" x="{x - 2:.1f}" y="{top - 2}" width="{w + 4:.1f}" '
                          f'height="{plot_h + 4}" fill="none" stroke="{STATUS_COLOURS["failed"]}" '

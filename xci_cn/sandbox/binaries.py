@@ -97,6 +97,16 @@ class Artifact(Protocol):
     def build(self, builder: _GoBuilder) -> None: ...
 
 
+class _OneOutput:
+    """An artifact that produces one file, named after the artifact."""
+
+    name: str
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.name,)
+
+
 def _command_names(packages: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(package.rsplit("/", 1)[-1] for package in packages)
 
@@ -150,7 +160,7 @@ class GoInstall:
 
 
 @dataclass(frozen=True)
-class GoMain:
+class GoMain(_OneOutput):
     """A generated main package (``source``) calling into ``module``."""
 
     name: str
@@ -159,29 +169,20 @@ class GoMain:
     source: str
     ldflags: str = "-s -w"
 
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.name,)
-
     def build(self, builder: _GoBuilder) -> None:
         directory = builder.module(self.name)
         (directory / "main.go").write_text(self.source)
         builder.go_cmd(["get", f"{self.module}@v{self.version}"], directory, self.name)
         builder.say(f"building {self.name} v{self.version}")
-        builder.go_cmd(["build", "-v", "-trimpath", "-ldflags", self.ldflags.format(version=self.version),
-                        "-o", str(builder.bin_dir / self.name), "."], directory, self.name)
+        builder.go_build(self.name, directory, ".", self.ldflags.format(version=self.version))
 
 
 @dataclass(frozen=True)
-class LocalGo:
+class LocalGo(_OneOutput):
     """A program of the project's own (standard library only) in ``directory``."""
 
     name: str
     directory: Path
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.name,)
 
     @property
     def version(self) -> str:
@@ -193,22 +194,17 @@ class LocalGo:
 
     def build(self, builder: _GoBuilder) -> None:
         builder.say(f"building {self.name} ({self.version}) from {self.directory}")
-        builder.go_cmd(["build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(builder.bin_dir / self.name),
-                        "."], self.directory, self.name)
+        builder.go_build(self.name, self.directory, ".", "-s -w")
 
 
 @dataclass(frozen=True)
-class ModuleFile:
+class ModuleFile(_OneOutput):
     """A file shipped inside a Go module, copied as it is."""
 
     name: str
     module: str
     version: str
     path: str
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.name,)
 
     def build(self, builder: _GoBuilder) -> None:
         info = builder.download_json(f"{self.module}@v{self.version}", builder.module(self.name))
@@ -219,17 +215,13 @@ class ModuleFile:
 
 
 @dataclass(frozen=True)
-class ModuleFiles:
+class ModuleFiles(_OneOutput):
     """The files matching ``pattern`` in a Go module, as one YAML stream."""
 
     name: str
     module: str
     version: str
     pattern: str
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.name,)
 
     def build(self, builder: _GoBuilder) -> None:
         info = builder.download_json(f"{self.module}@v{self.version}", builder.module(self.name))
@@ -240,7 +232,7 @@ class ModuleFiles:
 
 
 @dataclass(frozen=True)
-class GoModuleBuild:
+class GoModuleBuild(_OneOutput):
     """``package`` of ``module``, built in a generated module carrying the
     upstream go.mod's replace and exclude lines (read with ``go mod edit
     -json``, not typed here)."""
@@ -250,10 +242,6 @@ class GoModuleBuild:
     version: str
     package: str
     ldflags: str = "-s -w"
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.name,)
 
     def build(self, builder: _GoBuilder) -> None:
         directory = builder.module(self.name)
@@ -271,8 +259,7 @@ class GoModuleBuild:
         edits += [f"-exclude={e['Path']}@{e['Version']}" for e in upstream.get("Exclude") or []]
         builder.go_cmd(["mod", "edit", *edits], directory, self.name)
         builder.say(f"building {self.name} v{self.version}")
-        builder.go_cmd(["build", "-v", "-trimpath", "-ldflags", self.ldflags.format(version=self.version),
-                        "-o", str(builder.bin_dir / self.name), self.package], directory, self.name)
+        builder.go_build(self.name, directory, self.package, self.ldflags.format(version=self.version))
 
 
 ETCD_MAIN = """// etcd for the xci-cn sandbox: upstream etcdmain, nothing else.
@@ -539,6 +526,11 @@ class _GoBuilder:
             raise EnvironmentProblem(f"'go {' '.join(args[:2])} …' for {label} failed "
                                      f"(exit {code}); log {log_path}:\n{tail}")
         return "".join(output)
+
+    def go_build(self, name: str, directory: Path, package: str, ldflags: str) -> None:
+        """``go build`` of ``package`` in ``directory`` into the binary ``name``."""
+        self.go_cmd(["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(self.bin_dir / name), package],
+                    directory, name)
 
     def module(self, name: str, module_path: str = "") -> Path:
         directory = self.work / name

@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -568,8 +568,8 @@ def _kill_cgroup_processes(layout: NodeLayout, done: list[str]) -> None:
             time.sleep(0.05)
 
 
-def stop_matching(match: Callable[[str], bool], label: str, done: list[str]) -> None:
-    found = []
+def command_lines() -> Iterator[tuple[int, str]]:
+    """(PID, command line) of every other process of the host."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -577,8 +577,11 @@ def stop_matching(match: Callable[[str], bool], label: str, done: list[str]) -> 
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if match(cmdline):
-            found.append(int(entry.name))
+        yield int(entry.name), cmdline
+
+
+def stop_matching(match: Callable[[str], bool], label: str, done: list[str]) -> None:
+    found = [pid for pid, cmdline in command_lines() if match(cmdline)]
     for pid in found:
         _stop(pid, grace=2)
     if found:
