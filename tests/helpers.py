@@ -52,8 +52,15 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 120) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([*XCI_CN, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    try:
+        return subprocess.run([*XCI_CN, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        # Say where it hung: the output it had written when it was killed.
+        said = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
+                       for part in (exc.stdout, exc.stderr) if part)
+        raise AssertionError(f"xci-cn {' '.join(args)} still running after {timeout:g}s; it had said:\n"
+                             f"{said}") from None
 
 
 def read_properties(path: Path) -> dict[str, str]:

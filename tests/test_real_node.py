@@ -322,7 +322,7 @@ def test_verify_http_checks_reach_services_by_name_through_their_cluster_ip(sand
       namespace: {namespace}
       checks:
         - {{type: http, url: "http://proxy-access-control.{namespace}.svc:9180/edge",
-           expect_body: "via http-lb v[12] .* via clover-server[123] v1", retries: 10}}
+           expect_body: "(?s)via http-lb v[12] .* via clover-server[123] v1", retries: 10}}
         - {{type: http, url: "http://snort-ids.{namespace}.svc.cluster.local/", expect_body: "snort-ids v1",
            retries: 10}}
         - {{type: http, url: "http://nothing.{namespace}.svc/"}}

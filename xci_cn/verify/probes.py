@@ -24,7 +24,8 @@ class HttpCheck(BaseModel):
     method: Literal["GET", "HEAD", "POST"] = Field(default="GET", description="HTTP method.")
     headers: dict[str, str] = Field(default_factory=dict, description="Request headers.")
     expect_status: int = Field(default=200, ge=100, le=599, description="Status the answer must have.")
-    expect_body: str | None = Field(default=None, description="Regular expression the body must match.")
+    expect_body: str | None = Field(default=None, description=(
+        "Regular expression searched for in the body (Python re; start it with (?s) for . to match newlines)."))
     retries: int = Field(default=3, ge=0, le=20, description="Extra attempts, with backoff.")
     timeout: Duration = Field(default=5.0, description="Per request.")
 
