@@ -36,7 +36,8 @@ class AnsibleStage:
             "deploy_scenario": ctx.inputs.scenario,
             "xci_flavor": ctx.inputs.flavor,
             "installer_type": ctx.inputs.installer,
-            "xci_cn_kubeconfig": find_kubeconfig(ctx) or "",
+            # Absolute: the playbook does not run in the run's working directory.
+            "xci_cn_kubeconfig": str(Path(kubeconfig).resolve()) if (kubeconfig := find_kubeconfig(ctx)) else "",
             "xci_cn_sandbox_dir": sandbox_dir(ctx),
             **options.extravars,
         }
