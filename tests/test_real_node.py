@@ -393,3 +393,63 @@ def test_deploy_rides_out_a_kubelet_stopped_for_10s(sandbox: dict, tmp_path: Pat
     assert time.monotonic() - started < 180
     nodes = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)["nodes"]
     assert next(n for n in nodes if n["name"] == "node1")["ready"]
+
+
+# -- what the host lacks: one line each, exit 3, nothing started ---------------------------------
+def _up_refused(name: str) -> str:
+    """``sandbox up`` through the CLI's border, in this process (so that a
+    test can point the kernel probes elsewhere): its one line, after checking
+    that nothing of the sandbox runs or was made."""
+    from click.testing import CliRunner
+
+    from tests.leaks import processes_mentioning
+    from xci_cn.cli import main
+    from xci_cn.errors import EXIT_ENVIRONMENT
+    from xci_cn.sandbox import cluster
+
+    result = CliRunner().invoke(main, ["sandbox", "up", "--name", name, "--flavor", "aio", "-q"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == EXIT_ENVIRONMENT and len(lines) == 1, result.output
+    sandbox = cluster.Sandbox(name)
+    assert not sandbox.is_up() and processes_mentioning(str(sandbox.dir)) == []
+    assert not sandbox.node.dir.exists()
+    return lines[0]
+
+
+def test_a_kernel_without_overlayfs_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xci_cn.sandbox import node
+
+    without = tmp_path / "filesystems"
+    without.write_text("\n".join(line for line in node.KERNEL_FILESYSTEMS.read_text().splitlines()
+                                 if "overlay" not in line) + "\n")
+    monkeypatch.setattr(node, "KERNEL_FILESYSTEMS", without)
+    assert _up_refused("no-overlay") == (f"xci-cn: real pods need the kernel's overlay filesystem (not in "
+                                         f"{without}); use --pods simulated on this host")
+
+
+def test_a_kernel_without_bridge_netfilter_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xci_cn.sandbox import node
+
+    monkeypatch.setattr(node, "BRIDGE_NETFILTER", tmp_path / "no-bridge")
+    line = _up_refused("no-bridge")
+    assert "real pods need the kernel's bridge netfilter" in line and "load br_netfilter" in line
+
+
+def test_a_pod_subnet_already_routed_is_one_line(real_node_free: None) -> None:
+    """A real route into the node's pod subnet, on an interface of the test's
+    own; the host is as it was, apart from that interface, until it goes."""
+    from tests.leaks import host_state
+    from xci_cn.sandbox import node
+
+    link = f"xcit{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "link", "add", link, "type", "dummy"], check=True)
+    try:
+        subnet = str(node.POD_SUBNET)
+        subprocess.run(["ip", "route", "add", subnet, "dev", link], check=True)
+        before = host_state()
+        line = _up_refused("subnet-taken")
+        assert line.startswith(f"xci-cn: the real node's pod subnet {subnet} is already routed on this host "
+                               f"({subnet} dev {link}"), line
+        assert host_state() == before
+    finally:
+        subprocess.run(["ip", "link", "del", link], check=True)

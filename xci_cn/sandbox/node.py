@@ -47,6 +47,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 BRIDGE = "xcicn0"
 POD_SUBNET = ipaddress.IPv4Network("10.244.0.0/24")
+# Where the kernel says it has what a real node needs.
+KERNEL_FILESYSTEMS = Path("/proc/filesystems")
+BRIDGE_NETFILTER = Path("/proc/sys/net/bridge")
 # What kubelet (setupKernelTunables), kube-proxy and the node need changed;
 # recorded before the first start and restored by cleanup.
 SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/panic_on_oom",
@@ -140,11 +143,11 @@ def preflight(layout: NodeLayout) -> None:
         raise EnvironmentProblem(
             f"real pods need {', '.join(missing)}: install Debian's runc, iptables, iproute2 and "
             "containernetworking-plugins (tools/bootstrap.sh --system does), or use --pods simulated")
-    if "overlay" not in Path("/proc/filesystems").read_text():
-        raise EnvironmentProblem("real pods need the kernel's overlay filesystem (not in /proc/filesystems); "
+    if "overlay" not in KERNEL_FILESYSTEMS.read_text().split():
+        raise EnvironmentProblem(f"real pods need the kernel's overlay filesystem (not in {KERNEL_FILESYSTEMS}); "
                                  "use --pods simulated on this host")
-    if not Path("/proc/sys/net/bridge").is_dir():
-        raise EnvironmentProblem("real pods need the kernel's bridge netfilter (no /proc/sys/net/bridge: "
+    if not BRIDGE_NETFILTER.is_dir():
+        raise EnvironmentProblem(f"real pods need the kernel's bridge netfilter (no {BRIDGE_NETFILTER}: "
                                  "load br_netfilter); use --pods simulated on this host")
     owner = host_owner()
     if owner and owner.get("dir") != str(layout.sandbox_dir):
