@@ -11,7 +11,7 @@ against it; the runner (``xci_cn.pipeline``) gets the types from here.
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -25,6 +25,16 @@ class StageType(Protocol):
 
     def run(self, ctx: Any, options: Any) -> dict[str, Any]:
         """Do the work; return JSON-serialisable outputs or raise StageFailed."""
+        ...
+
+
+@runtime_checkable
+class CheckedBeforeRun(Protocol):
+    """A stage type that can check its options offline beyond their model
+    (files, manifests), before any stage of the run starts."""
+
+    def preflight(self, options: Any) -> None:
+        """Raise InvalidInput (or ScenarioError) for what is wrong."""
         ...
 
 GROUP = "xci_cn.stages"

@@ -1,7 +1,7 @@
 """The pre-flight step of a run: what each stage type can check offline
 beyond its options, for every stage at once, before any stage starts.
 
-A stage type opts in with ``preflight(options)``, raising InvalidInput (or
+A stage type opts in with ``preflight(options)`` (``CheckedBeforeRun``), raising InvalidInput (or
 ScenarioError) for what is wrong; the deploy stage reads and checks its
 manifests here, once per run, and keeps what it read for its run.
 """
@@ -9,7 +9,7 @@ manifests here, once per run, and keeps what it read for its run.
 from __future__ import annotations
 
 from xci_cn.config.model import Scenario
-from xci_cn.config.stage_types import StageRegistry, stage_types
+from xci_cn.config.stage_types import CheckedBeforeRun, StageRegistry, stage_types
 from xci_cn.errors import InvalidInput, ScenarioError
 
 
@@ -23,11 +23,10 @@ def preflight(scenario: Scenario, selected: list[str] | None = None,
         if selected is not None and spec.name not in selected:
             continue
         stage_type = registry.get(spec.type)
-        check = getattr(stage_type, "preflight", None)
-        if stage_type is None or check is None:
+        if not isinstance(stage_type, CheckedBeforeRun):
             continue
         try:
-            check(stage_type.options_model.model_validate(spec.with_))
+            stage_type.preflight(stage_type.options_model.model_validate(spec.with_))
         except InvalidInput as exc:
             problems.extend(f"{line} (stage {spec.name})" if "\n" not in line else
                             line.replace("\n", f" (stage {spec.name})\n", 1) for line in exc.lines())
