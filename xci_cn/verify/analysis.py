@@ -66,8 +66,9 @@ PROFILES = {"istio": QUERIES, "gateway": GATEWAY_QUERIES}
 DEFAULT_OPS = {"success-rate": ">=", "latency-p99": "<="}
 # Which change of a statistically judged metric is bad, by type.
 DEFAULT_DIRECTIONS = {"success-rate": "decrease", "latency-p99": "increase", "query": "either"}
-# Requests per second that reached a version: recorded with each measurement.
-REQUEST_RATE = f"sum(rate(istio_requests_total{{{_ISTIO}}}[$window]))"
+# Requests per second that reached a version, by profile: recorded with each measurement.
+REQUEST_RATES = {"istio": f"sum(rate(istio_requests_total{{{_ISTIO}}}[$window]))",
+                 "gateway": f"sum(rate(traefik_service_requests_total{{{_GATEWAY}}}[$window]))"}
 
 
 class MetricSpec(BaseModel):
@@ -390,14 +391,17 @@ def analyse(prom: Prometheus, spec: AnalysisSpec, *, service: str, namespace: st
 def request_rates(prom: Prometheus, spec: AnalysisSpec, service: str, namespace: str,
                   versions: list[str]) -> dict[str, Any]:
     """Requests per second that reached each version over the analysis
-    window, as Istio's destination-side metrics count them."""
+    window, as the profile's metrics count them (Istio's destination side,
+    or the proxy's per backend Service)."""
     from xci_cn.verify.judge import single_value
 
     rates: dict[str, Any] = {"unit": "requests/s", "window": f"{int(max(spec.window, 1))}s"}
+    template = REQUEST_RATES[spec.profile or "istio"]
     now = time.time()
     for version in versions:
-        query = Template(REQUEST_RATE).safe_substitute(service=service, namespace=namespace, version=version,
-                                                       window=rates["window"])
+        backend = (spec.backends or {}).get(version) or f"{service}-{version}"
+        query = Template(template).safe_substitute(service=service, namespace=namespace, version=version,
+                                                   window=rates["window"], backend=backend)
         got = Observation.of("request-rate", "traffic", version, query, "instant", now, now, None,
                              prom.query(query, at=now))
         value, error = single_value(got)
