@@ -173,7 +173,10 @@ class Runtime:
     def scale(self, subject: Subject, services: list[Subject]) -> Outcome:
         self._ready_pod(subject)
         original = self._deployment(subject)["spec"].get("replicas", 1)
-        with Traffic(self._targets(subject, services)) as traffic:
+        targets = self._targets(subject, services)
+        if (silent := self._answering(targets)) is not None:
+            return Outcome(False, silent)
+        with Traffic(targets) as traffic:
             try:
                 traffic.phase = "out"
                 self._scale_to(subject, 3)
@@ -205,7 +208,10 @@ class Runtime:
             patch = [{"op": "add", "path": "/spec/template/metadata/annotations",
                       "value": {**(template["metadata"].get("annotations") or {}),
                                 UPDATE_ANNOTATION: str(time.time())}}]
-        with Traffic(self._targets(subject, services)) as traffic:
+        targets = self._targets(subject, services)
+        if (silent := self._answering(targets)) is not None:
+            return Outcome(False, silent)
+        with Traffic(targets) as traffic:
             try:
                 traffic.phase = "update"
                 self._patch_deployment(subject, patch, "application/json-patch+json")
@@ -283,6 +289,24 @@ class Runtime:
             annotations = body.get("metadata", {}).get("annotations") or {}
             self._simulated[node] = annotations.get(KWOK_NODE[0]) == KWOK_NODE[1]
         return self._simulated[node]
+
+    def _answering(self, targets: list[tuple[str, int, bool]], in_a_row: int = 3) -> str | None:
+        """Wait until every target answers ``in_a_row`` times running, so that
+        a rule counts what its own change does: a pod Ready again after the
+        previous rule reaches kube-proxy's rules a moment later (until then
+        its Service refuses). None when they answer, else why not."""
+        answered, last = 0, ""
+
+        def settled() -> bool:
+            nonlocal answered, last
+            errors = [f"{ip}:{port} {error}" for ip, port, http in targets
+                      if (error := request(ip, port, http)) is not None]
+            answered, last = (0, errors[0]) if errors else (answered + 1, last)
+            return answered >= in_a_row
+
+        if not targets or self._until(settled, self.spec.timeout):
+            return None
+        return f"its Services did not answer within {self.spec.timeout:g}s before the change (last: {last})"
 
     def _until(self, predicate: Callable[[], bool], seconds: float) -> bool:
         deadline = time.monotonic() + seconds
