@@ -223,8 +223,9 @@ def test_canary_on_real_traffic_judged_by_the_proxy_metrics(simulated_sandbox: d
     success = steps[0]["analysis"]["metrics"][0]
     assert success["name"] == "success" and success["value"] == 1.0
     assert "traefik_service_requests_total" in steps[0]["analysis"]["measurements"][0]["metrics"][0]["query"]
-    # The requests each version got, as the proxy counted them, beside each measurement.
-    counted = steps[0]["analysis"]["measurements"][-1]["traffic"]
+    # The tape has the requests each version got, as the proxy counted them, beside each measurement.
+    tape = json.loads((tmp_path / "R" / "analysis.json").read_text())
+    counted = tape["analyses"][0]["measurements"][-1]["traffic"]
     assert counted["unit"] == "requests/s" and counted["v2"] > 0, counted
     assert all(s["served_after_s"] >= 0 for s in steps)
     assert abs(steps[0]["measured"]["v2"] - 25) <= 10, steps[0]

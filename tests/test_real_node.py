@@ -442,8 +442,9 @@ def test_a_pod_subnet_already_routed_is_one_line(real_node_free: None) -> None:
     from xci_cn.sandbox import node
 
     link = f"xcit{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "link", "add", link, "type", "dummy"], check=True)
+    subprocess.run(["ip", "link", "add", link, "type", "bridge"], check=True)  # no dummy module here
     try:
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
         subnet = str(node.POD_SUBNET)
         subprocess.run(["ip", "route", "add", subnet, "dev", link], check=True)
         before = host_state()
