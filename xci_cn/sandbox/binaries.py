@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from xci_cn import settings
 from xci_cn.errors import EnvironmentProblem
@@ -388,18 +388,55 @@ def verify(bin_dir: Path, versions: Versions | None = None,
         manifest = json.loads((bin_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return [name for artifact in table for name in artifact.outputs]
-    bad = []
+    checked = _read_json(bin_dir / CHECKED)
+    bad, now_checked = [], {}
     for artifact in table:
         for name in artifact.outputs:
             entry = manifest.get(name)
             path = bin_dir / name
             # Manifests written before versions were recorded name the
             # control plane's artifacts only, whose versions are the key.
-            if not entry or entry.get("version", artifact.version) != artifact.version \
-                    or not path.is_file() or path.stat().st_size != entry["size"] \
-                    or sha256(path) != entry["sha256"]:
+            if not entry or entry.get("version", artifact.version) != artifact.version or not path.is_file():
                 bad.append(name)
+                continue
+            stamp = _stamp(path)
+            if stamp[0] != entry["size"]:
+                bad.append(name)
+            elif checked.get(name) == [entry["sha256"], *stamp] or sha256(path) == entry["sha256"]:
+                now_checked[name] = [entry["sha256"], *stamp]
+            else:
+                bad.append(name)
+    if now_checked != {k: v for k, v in checked.items() if k in now_checked}:
+        _write_json(bin_dir / CHECKED, {**checked, **now_checked})
     return bad
+
+
+# A file hashed once is not hashed again while its size, mtime, ctime and
+# inode stay (as git's index does): a write changes mtime and ctime, and
+# ctime cannot be set back. This keeps the warm check well under a second.
+CHECKED = "checked.json"
+
+
+def _stamp(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _write_json(path: Path, body: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    try:
+        partial.write_text(json.dumps(body))
+        partial.replace(path)
+    except OSError:  # a read-only cache still verifies, only slower
+        partial.unlink(missing_ok=True)
 
 
 @contextmanager
