@@ -43,7 +43,7 @@ def test_every_component_listens_on_loopback_or_the_node_bridge_only(sandbox: di
     running = Sandbox(sandbox["name"]).running_components()
     assert set(running) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
                             "kwok-controller", "containerd", "kubelet", "kube-proxy", "coredns",
-                            "traefik", "prometheus"}
+                            "traefik", "prometheus", "pod-sd"}
     listening = _listening_sockets_of(set(running.values()))
     assert listening, "no listening sockets found for the sandbox's processes"
     gateway = Sandbox(sandbox["name"]).node.gateway

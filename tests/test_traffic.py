@@ -1,7 +1,8 @@
 """The load generator (vegeta sends at the asked rate and records what came
-back) and the stopping of the sandbox's proxy and Prometheus. That Traefik
-serves the Gateway and Prometheus scrapes it is the first test of
-test_gateway_router.py."""
+back) and the stopping of the sandbox's proxy, Prometheus and pod discovery.
+That Traefik serves the Gateway and Prometheus scrapes it is the first test
+of test_gateway_router.py; that Prometheus scrapes annotated pods is in
+test_pod_metrics.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import requests
 
 from tests.helpers import cli, write_scenario
 from tests.meshmetrics import version_servers
@@ -88,14 +91,20 @@ stages:
                      "                    ^"], proc.stderr
 
 
-def test_down_stops_the_proxy_and_prometheus_by_their_pids(simulated_sandbox: dict) -> None:
+def test_down_stops_the_proxy_prometheus_and_the_pod_discovery_by_their_pids(simulated_sandbox: dict) -> None:
     """The proxy names its sandbox only in its environment, not its arguments:
     down must stop it by the PID (and binary) it recorded."""
     from xci_cn.sandbox import cluster
 
     cluster.up("leaks", "aio", pods="simulated")
-    started = {c: p for c, p in cluster.Sandbox("leaks").running_components().items()
-               if c in ("traefik", "prometheus")}
-    assert set(started) == {"traefik", "prometheus"}
+    leaks = cluster.Sandbox("leaks")
+    started = {c: p for c, p in leaks.running_components().items() if c in ("traefik", "prometheus", "pod-sd")}
+    assert set(started) == {"traefik", "prometheus", "pod-sd"}
+    # The pod discovery lists pods with kwok's client certificate (none asks here).
+    health = f"http://127.0.0.1:{leaks.info()['pod_sd_port']}/healthz"
+    deadline = time.monotonic() + 10
+    while (answer := requests.get(health, timeout=5)).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (answer.status_code, answer.text.split(",")[0]) == (200, "ok: 0 targets"), answer.text
     cluster.down("leaks")
     assert [c for c, p in started.items() if cluster.pid_alive(p)] == []

@@ -15,7 +15,8 @@ of what is built; one entry per build step, each kind of entry one builder:
 * ``GoMain``: a generated main package calling into a module (etcd, and
   CoreDNS with only the plugins a sandbox uses);
 * ``LocalGo``: a program of the project's own under ``tools/`` (the SDC
-  sample's ``sdc-app``), versioned by the hash of its sources;
+  sample's ``sdc-app``; ``pod-sd``, which finds the pods Prometheus should
+  scrape), versioned by the hash of its sources;
 * ``ModuleFile``: a file shipped inside a module (Istio's CRDs);
 * ``ModuleFiles``: files of a module directory in one YAML stream (the
   Gateway API's standard-channel CRDs, of the version Traefik is built with);
@@ -296,6 +297,7 @@ func main() { coremain.Run() }
 ISTIO_CRDS = "istio-crds.yaml"
 GATEWAY_API_CRDS = "gateway-api-crds.yaml"
 IMAGE_SOURCES = REPO_ROOT / "tools" / "images"
+POD_SD_SOURCES = REPO_ROOT / "tools" / "pod-sd"
 
 
 def artifacts(versions: Versions) -> tuple[Artifact, ...]:
@@ -315,6 +317,9 @@ def artifacts(versions: Versions) -> tuple[Artifact, ...]:
                   "-s -w -X github.com/containerd/containerd/v2/version.Version={version}"),
         GoMain("coredns", "github.com/coredns/coredns", versions.coredns, COREDNS_MAIN),
         LocalGo("sdc-app", IMAGE_SOURCES / "sdc-app"),
+        # Debian's Prometheus has no Kubernetes service discovery: this lists
+        # the annotated pods into its file_sd list.
+        LocalGo("pod-sd", POD_SD_SOURCES),
         GoModuleBuild("traefik", "github.com/traefik/traefik/v3", versions.traefik,
                       "github.com/traefik/traefik/v3/cmd/traefik",
                       "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version={version}"),

@@ -90,7 +90,7 @@ class Sandbox:
 
     def pids(self) -> dict[str, int]:
         """Component -> pid, as kwokctl, the real node and the sandbox playbook
-        (the proxy, Prometheus) recorded them."""
+        (the proxy, Prometheus, the pod discovery ``pod-sd``) recorded them."""
         out = {component: pid for component in real_node.COMPONENTS
                if (pid := real_node.recorded_pid(self.node, component))}
         for pid_file in [*sorted((self.cluster_dir / "pids").glob("*.pid")),
@@ -235,7 +235,7 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
            cancel: threading.Event, artifacts_dir: Path | None) -> None:
     name = sandbox.name
     ports = {key: free_port() for key in ("gateway_port", "traefik_metrics_port", "traefik_api_port",
-                                          "prometheus_port")}
+                                          "prometheus_port", "pod_sd_port")}
     record = {"name": name, "flavor": flavor, "istio": istio, "pods": pods,
               "versions": binaries.versions.__dict__, **ports}
     sandbox.dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 // sdc-app is the one program in the images of the bundled SDC sample: an HTTP
 // service that names its version and can be told to misbehave (a bad canary),
 // and a minimal RESP (redis protocol) server. Standard library only, built
-// statically by xci-cn's binary builder.
+// statically by xci-cn's binary builder. The HTTP service exposes /metrics in
+// Prometheus' text format: its requests by status code and their latency.
 //
 //	sdc-app http --port 9180 --name http-lb --version v2 [--upstream http://clover-server1:9180,...]
 //	             [--error-ratio 0.2] [--latency 50ms] [--never-ready] [--hog-mib 256] [--exit-after 2s --exit-code 1]
@@ -22,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,7 +33,7 @@ import (
 )
 
 // Version of the program itself; the image tag.
-const Version = "1.0.0"
+const Version = "1.1.0"
 
 func main() {
 	if len(os.Args) < 2 {
@@ -73,12 +75,13 @@ type httpApp struct {
 	next          atomic.Uint64
 	client        *http.Client
 	requests      atomic.Uint64
+	metrics       *metrics
 }
 
 func serveHTTP(args []string) error {
 	flags := flag.NewFlagSet("http", flag.ExitOnError)
 	port := flags.Int("port", 8080, "TCP port")
-	app := &httpApp{client: &http.Client{Timeout: 5 * time.Second}}
+	app := &httpApp{client: &http.Client{Timeout: 5 * time.Second}, metrics: newMetrics()}
 	flags.StringVar(&app.name, "name", "sdc-app", "service name reported in responses")
 	flags.StringVar(&app.version, "version", "v1", "version reported in the body and the X-Version header")
 	flags.Float64Var(&app.errorRatio, "error-ratio", 0, "share of requests answered 500 (0..1)")
@@ -89,6 +92,7 @@ func serveHTTP(args []string) error {
 	exitAfter := flags.Duration("exit-after", 0, "exit after this long (crash tests)")
 	exitCode := flags.Int("exit-code", 1, "exit code for --exit-after")
 	_ = flags.Parse(args)
+	app.metrics.version = app.version
 	if app.errorRatio < 0 || app.errorRatio > 1 {
 		return fmt.Errorf("--error-ratio %v is not within 0..1", app.errorRatio)
 	}
@@ -113,7 +117,9 @@ func serveHTTP(args []string) error {
 		}
 		io.WriteString(w, "ok\n")
 	})
-	mux.HandleFunc("/", app.handle)
+	// Probes and scrapes are not the service's requests: only "/" is measured.
+	mux.Handle("/metrics", app.metrics)
+	mux.HandleFunc("/", app.metrics.measure(app.handle))
 	server := &http.Server{Addr: fmt.Sprintf(":%d", *port), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	fmt.Fprintf(os.Stderr, "%s %s (sdc-app %s) listening on :%d\n", app.name, app.version, Version, *port)
 	return runServer(server)
@@ -160,6 +166,103 @@ func (app *httpApp) handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	io.WriteString(w, body)
+}
+
+// Latency buckets in seconds (Prometheus' default ones).
+var latencyBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// metrics counts the answered requests by status code and records their
+// latency as a histogram, written by hand in the text exposition format.
+type metrics struct {
+	version string
+	mu      sync.Mutex
+	codes   map[int]uint64
+	buckets []uint64 // per bucket, not cumulative; the last one is +Inf
+	sum     float64
+}
+
+func newMetrics() *metrics {
+	// 200 and 500 exist from the start, so that rate() sees their first increase.
+	return &metrics{codes: map[int]uint64{200: 0, 500: 0}, buckets: make([]uint64, len(latencyBuckets)+1)}
+}
+
+func (m *metrics) observe(code int, seconds float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.codes[code]++
+	i := sort.SearchFloat64s(latencyBuckets, seconds) // first bucket with seconds <= le
+	m.buckets[i]++
+	m.sum += seconds
+}
+
+// statusRecorder remembers the status code a handler answered with.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(data []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	return r.ResponseWriter.Write(data)
+}
+
+func (m *metrics) measure(handler http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		started := time.Now()
+		recorder := &statusRecorder{ResponseWriter: w}
+		handler(recorder, r)
+		if recorder.code == 0 {
+			recorder.code = http.StatusOK
+		}
+		m.observe(recorder.code, time.Since(started).Seconds())
+	}
+}
+
+func (m *metrics) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	m.mu.Lock()
+	codes := make([]int, 0, len(m.codes))
+	for code := range m.codes {
+		codes = append(codes, code)
+	}
+	sort.Ints(codes)
+	var out strings.Builder
+	version := labelValue(m.version)
+	out.WriteString("# HELP sdc_app_requests_total Requests answered, by status code.\n")
+	out.WriteString("# TYPE sdc_app_requests_total counter\n")
+	for _, code := range codes {
+		fmt.Fprintf(&out, "sdc_app_requests_total{code=\"%d\",version=\"%s\"} %d\n", code, version, m.codes[code])
+	}
+	out.WriteString("# HELP sdc_app_request_duration_seconds Time to answer a request.\n")
+	out.WriteString("# TYPE sdc_app_request_duration_seconds histogram\n")
+	var cumulative uint64
+	for i, count := range m.buckets {
+		cumulative += count
+		le := "+Inf"
+		if i < len(latencyBuckets) {
+			le = strconv.FormatFloat(latencyBuckets[i], 'g', -1, 64)
+		}
+		fmt.Fprintf(&out, "sdc_app_request_duration_seconds_bucket{version=\"%s\",le=\"%s\"} %d\n", version, le, cumulative)
+	}
+	fmt.Fprintf(&out, "sdc_app_request_duration_seconds_sum{version=\"%s\"} %s\n", version,
+		strconv.FormatFloat(m.sum, 'g', -1, 64))
+	fmt.Fprintf(&out, "sdc_app_request_duration_seconds_count{version=\"%s\"} %d\n", version, cumulative)
+	m.mu.Unlock()
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	io.WriteString(w, out.String())
+}
+
+// labelValue escapes a label value of the text format (backslash, quote, newline).
+func labelValue(value string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(value)
 }
 
 // hogMemory allocates and touches n MiB so that it counts against the cgroup.

@@ -1,0 +1,3 @@
+module xci-cn.local/tools/pod-sd
+
+go 1.26
