@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from xci_cn.config.model import load_scenario_file
 from xci_cn.paths import SAMPLES_DIR
@@ -198,3 +200,16 @@ def unreachable_kubeconfig(directory: Path) -> Path:
         "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
     }))
     return path
+
+
+def until(what: str, found: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """``found()``'s first truthy answer, asked every 0.5 s; an assertion
+    error naming ``what`` and the last answer after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = found()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not seen in {timeout:g}s (last: {last!r})")

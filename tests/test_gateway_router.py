@@ -7,28 +7,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import requests
 
-from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy
+from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy, until
 from xci_cn.paths import SAMPLES_DIR
 
 GATEWAY = {"router": "gateway-api", "service": "http-lb", "stable": "v1", "canary": "v2"}
-
-
-def _until(what: str, probe, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not seen in {timeout:g}s (last: {last!r})")
 
 
 def test_sandbox_serves_the_gateway_and_prometheus_scrapes_the_proxy(simulated_sandbox: dict) -> None:
@@ -46,7 +34,7 @@ def test_sandbox_serves_the_gateway_and_prometheus_scrapes_the_proxy(simulated_s
         conditions = {c["type"]: c["status"] for c in stored.get("status", {}).get("conditions", [])}
         return conditions.get("Accepted") == "True" and conditions.get("Programmed") == "True"
 
-    _until("the Gateway accepted by Traefik", accepted)
+    until("the Gateway accepted by Traefik", accepted)
     stored = json.loads(kubectl(sandbox, "get", "gateway", "edge", "-n", "xci-gateway", "-o", "json"))
     assert stored["spec"]["listeners"][0]["port"] == gateway.port
     assert stored["status"]["addresses"] == [{"type": "IPAddress", "value": "127.0.0.1"}]
@@ -59,7 +47,7 @@ def test_sandbox_serves_the_gateway_and_prometheus_scrapes_the_proxy(simulated_s
         return [t for t in targets["data"]["activeTargets"]
                 if t["labels"]["job"] == "gateway" and t["health"] == "up"]
 
-    _until("the proxy scraped by Prometheus", scraped)
+    until("the proxy scraped by Prometheus", scraped)
     body = requests.get(report["prometheus_url"] + "/api/v1/query",
                         params={"query": 'traefik_config_reloads_total{job="gateway"}'}, timeout=5).json()
     assert float(body["data"]["result"][0]["value"][1]) >= 1

@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy
+from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy, until
 from tests.meshmetrics import free_port
 from xci_cn.sandbox.binaries import POD_SD_SOURCES, ensure_binaries
 
@@ -106,17 +106,6 @@ def _query(prometheus: str, query: str) -> list[dict[str, Any]]:
     return body["data"]["result"]
 
 
-def _until(what: str, found: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = found()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not seen in {timeout:g}s (last: {last!r})")
-
-
 def test_sandbox_prometheus_scrapes_the_pods_that_ask_by_annotation(sandbox: dict, tmp_path: Path) -> None:
     manifests, namespace = sdc_copy(tmp_path)
     code, _, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace))
@@ -133,7 +122,7 @@ def test_sandbox_prometheus_scrapes_the_pods_that_ask_by_annotation(sandbox: dic
         series = _query(prometheus, f'up{{job="pods",namespace="{namespace}",app="http-lb"}} == 1')
         return series if {s["metric"]["pod"] for s in series} == set(lbs) else []
 
-    series = _until("the four http-lb pods up in Prometheus", lbs_up)
+    series = until("the four http-lb pods up in Prometheus", lbs_up)
     started = max(datetime.fromisoformat(p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])
                   for p in lbs.values())
     print(f"http-lb pods up in Prometheus {time.monotonic() - deployed:.1f}s after the deploy stage ended, "
@@ -165,8 +154,8 @@ def test_sandbox_prometheus_scrapes_the_pods_that_ask_by_annotation(sandbox: dic
     def clovers() -> float:
         return sum(max(counted(f"clover-server{i}"), 0) for i in (1, 2, 3))
 
-    _until("20 requests counted by http-lb", lambda: counted("http-lb") >= 20, timeout=30)
-    _until("20 requests counted by the clover servers", lambda: clovers() >= 20, timeout=30)
+    until("20 requests counted by http-lb", lambda: counted("http-lb") >= 20, timeout=30)
+    until("20 requests counted by the clover servers", lambda: clovers() >= 20, timeout=30)
     assert (counted("http-lb"), clovers()) == (20, 20)
     # The pod's version label is the target's; the one the app reports is kept
     # as exported_version (Prometheus' rule for a scraped label a target overrides).
@@ -185,4 +174,4 @@ def test_sandbox_prometheus_scrapes_the_pods_that_ask_by_annotation(sandbox: dic
         active = requests.get(prometheus + "/api/v1/targets", params={"state": "active"}, timeout=5).json()
         return not [t for t in active["data"]["activeTargets"] if t["labels"].get("namespace") == namespace]
 
-    _until(f"the targets of namespace {namespace} removed", gone, timeout=30)
+    until(f"the targets of namespace {namespace} removed", gone, timeout=30)
