@@ -329,9 +329,9 @@ RUNTIME_RULES = [r.name for r in cnf.RULES.values() if r.runtime]
 def test_runtime_rules_on_the_real_node(bad_set_images: dict, tmp_path: Path) -> None:
     """The bad set on the sandbox's real node: only the process that answers
     SIGTERM after an hour fails graceful termination (killed at the end of its
-    grace period); recovery and logs pass everywhere, measured; scale and the
-    rolling update run with real requests counted; what the rules changed is
-    put back."""
+    grace period), and nothing else fails; recovery and logs measured; scale
+    and the rolling update with real requests counted; what the rules changed
+    is put back."""
     import uuid
 
     from tests.helpers import kubectl, run_on_cluster
@@ -358,7 +358,7 @@ stages:
         code, summary, out = run_on_cluster(tmp_path, sandbox, text)
         verify = summary["stages"][1]
         checks = {(c["details"]["object"].split("/")[-1], c["details"]["rule"]): c for c in verify["checks"]}
-        failed = sorted(k for k, c in checks.items() if not c["passed"] and k[1] not in ("scale", "rolling-update"))
+        failed = sorted(k for k, c in checks.items() if not c["passed"])
         skipped = sorted(k for k, c in checks.items() if c.get("skipped"))
         assert (failed, skipped) == ([("ignores-sigterm", "graceful-termination")], []), out
         assert code == 1
@@ -374,6 +374,8 @@ stages:
             assert checks[(name, "logs-stdout")]["details"]["log_bytes"]["app"] > 0
         for name in ("privileged", "no-probes", "latest-tag", "ignores-sigterm"):
             assert checks[(name, "scale")]["details"]["requests"] > 0
+            assert checks[(name, "scale")]["details"]["failed_requests"] <= 0.05 * \
+                checks[(name, "scale")]["details"]["requests"]
             update = checks[(name, "rolling-update")]["details"]
             assert update["requests"] > 0
             assert update["replica_set_after_undo"] == update["old_replica_set"], update
