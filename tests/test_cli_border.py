@@ -37,3 +37,24 @@ def test_no_command_calls_sys_exit() -> None:
                 calls.append(str(path.relative_to(REPO_ROOT)))
     # The reference generator is a script of its own (python -m), not a command.
     assert calls == ["xci_cn/docs_reference.py"]
+
+
+def test_every_module_of_the_package_is_under_the_import_contracts() -> None:
+    """A module the layers do not name is constrained by nothing: each
+    top-level module of xci_cn is in a layer and a source of every
+    forbidden contract (but the one allowed to import that library)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO_ROOT / "setup.cfg")
+    package = REPO_ROOT / "xci_cn"
+    modules = {f"xci_cn.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"} | \
+              {f"xci_cn.{p.name}" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    layered = {m.strip() for line in config["importlinter:contract:layers"]["layers"].split("\n")
+               for m in line.split("|") if m.strip()}
+    assert modules - layered == set()
+    for section in config.sections():
+        if config[section].get("type") == "forbidden":
+            sources = set(config[section]["source_modules"].split())
+            allowed = modules - sources
+            assert len(allowed) == 1, (section, sorted(allowed))
