@@ -59,6 +59,7 @@ from typing import Any, Protocol
 
 from xci_cn import settings
 from xci_cn.errors import EnvironmentProblem
+from xci_cn.files import write_json_atomic
 from xci_cn.paths import REPO_ROOT
 
 Progress = Callable[[str], None]
@@ -389,10 +390,7 @@ def verify(bin_dir: Path, versions: Versions | None = None,
     """Names of the artifacts (of ``table``, default the sandbox's) that are
     missing, corrupt, or of another version."""
     table = artifacts(versions or Versions()) if table is None else table
-    try:
-        manifest = json.loads((bin_dir / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
-        return [name for artifact in table for name in artifact.outputs]
+    manifest = _read_json(bin_dir / MANIFEST)  # none: every artifact is missing
     checked = _read_json(bin_dir / CHECKED)
     bad, now_checked = [], {}
     for artifact in table:
@@ -412,7 +410,10 @@ def verify(bin_dir: Path, versions: Versions | None = None,
             else:
                 bad.append(name)
     if now_checked != {k: v for k, v in checked.items() if k in now_checked}:
-        _write_json(bin_dir / CHECKED, {**checked, **now_checked})
+        try:
+            write_json_atomic(bin_dir / CHECKED, {**checked, **now_checked})
+        except OSError:  # a read-only cache still verifies, only slower
+            pass
     return bad
 
 
@@ -428,20 +429,12 @@ def _stamp(path: Path) -> list[int]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; {} when it is missing or not one."""
     try:
         loaded = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
-
-
-def _write_json(path: Path, body: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + f".{os.getpid()}.partial")
-    try:
-        partial.write_text(json.dumps(body))
-        partial.replace(path)
-    except OSError:  # a read-only cache still verifies, only slower
-        partial.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -614,15 +607,10 @@ class _GoBuilder:
 
     def record(self, artifact: Artifact) -> None:
         path = self.bin_dir / MANIFEST
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            manifest = {}
+        manifest = _read_json(path)
         for name in artifact.outputs:
             binary = self.bin_dir / name
             if binary.is_file():
                 manifest[name] = {"sha256": sha256(binary), "size": binary.stat().st_size,
                                   "version": artifact.version}
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(manifest, indent=2))
-        temporary.replace(path)
+        write_json_atomic(path, manifest)
