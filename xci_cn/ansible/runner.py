@@ -116,7 +116,6 @@ def run_playbook(
     env = {
         "PATH": _venv_bin() + os.pathsep + os.environ.get("PATH", ""),
         "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_PIPELINING": "1",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "ANSIBLE_LOCALHOST_WARNING": "0",
