@@ -21,12 +21,46 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from xci_cn.verify.prometheus import QueryResult, Series
 
-if TYPE_CHECKING:
-    from xci_cn.verify.analysis import MetricSpec, ScoringSpec
+
+class JudgedMetric(Protocol):
+    """What the judges read of a metric's rule (the scenario's MetricSpec in
+    xci_cn.verify.analysis): the judges know no scenario model."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def no_data(self) -> str: ...
+    @property
+    def max_vs_baseline(self) -> float | None: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def allowed_increase(self) -> float: ...
+    @property
+    def allowed_decrease(self) -> float: ...
+    @property
+    def critical(self) -> bool: ...
+    @property
+    def must_have_data(self) -> bool: ...
+    @property
+    def group(self) -> str: ...
+
+
+class Scoring(Protocol):
+    """Pass and marginal scores and group weights (the analysis' ScoringSpec)."""
+
+    @property
+    def pass_score(self) -> float: ...
+    @property
+    def marginal_score(self) -> float: ...
+    @property
+    def groups(self) -> dict[str, float]: ...
 
 SUCCESSFUL, FAILED, INCONCLUSIVE, ERROR = "Successful", "Failed", "Inconclusive", "Error"
 # Kayenta's metric classifications.
@@ -113,7 +147,7 @@ def window_values(observation: Observation) -> tuple[list[float], int, str | Non
     return values, len(raw) - len(values), None
 
 
-def judge_threshold(metric: MetricSpec, canary: Observation, baseline: Observation | None,
+def judge_threshold(metric: JudgedMetric, canary: Observation, baseline: Observation | None,
                     op: str) -> MetricResult | None:
     """Flagger's threshold check (and Clover's limit relative to the
     baseline); None when the metric has no data and its policy is skip."""
@@ -198,7 +232,7 @@ def mann_whitney(canary: list[float], baseline: list[float], *, confidence: floa
     return Comparison(PASS, f"Pass: {evidence}", stats)
 
 
-def judge_mann_whitney(metric: MetricSpec, canary: Observation, baseline: Observation | None,
+def judge_mann_whitney(metric: JudgedMetric, canary: Observation, baseline: Observation | None,
                        direction: str) -> MetricResult:
     name, version = metric.name, canary.version
 
@@ -249,7 +283,7 @@ class Score:
         return {"score": self.score, "verdict": self.verdict, "reason": self.reason, "groups": self.groups}
 
 
-def score(results: list[MetricResult], scoring: ScoringSpec) -> Score | None:
+def score(results: list[MetricResult], scoring: Scoring) -> Score | None:
     """Kayenta's WeightedSumScorer and ThresholdScoreClassifier over the
     Mann–Whitney metrics of one measurement (None when there are none): per
     group the share of Pass among Pass/High/Low/NodataFailMetric, x 100;
