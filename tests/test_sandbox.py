@@ -212,3 +212,34 @@ def test_down_refuses_what_is_not_a_sandbox(isolated_sandbox_home: Path) -> None
         path.unlink()
     plain.rmdir()
     (isolated_sandbox_home / "empty").rmdir()
+
+
+def test_a_daemon_that_cannot_start_fails_up_in_one_line_and_keeps_the_log_it_names(
+        isolated_sandbox_home: Path, tmp_path: Path) -> None:
+    """Prometheus that exits at once (a binary refusing its flags): up fails
+    naming it and its log; everything is stopped, the log stays readable
+    until down, and status says so."""
+    import os
+    import re
+
+    fake = tmp_path / "bin" / "prometheus"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'unknown flag --storage.tsdb.path' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    directory = isolated_sandbox_home / "nodaemon"
+    up = cli("sandbox", "up", "--name", "nodaemon", "--flavor", "aio", "--pods", "simulated", "-q",
+             env={"PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    lines = up.stderr.strip().splitlines()
+    assert up.returncode == 1, up.stderr
+    assert re.fullmatch(r"xci-cn: sandbox-up\.yml: task 'Check that traefik, prometheus, pod-sd run' failed "
+                        r"on host 'localhost': prometheus exited: unknown flag --storage\.tsdb\.path +"
+                        rf"\(log: {directory}/logs/prometheus\.log\) \(component logs: "
+                        rf"{directory}/kwok/clusters/nodaemon/logs\)", lines[-1]), lines
+    assert (directory / "logs" / "prometheus.log").read_text() == "unknown flag --storage.tsdb.path\n"
+    assert "etcd" in (directory / "kwok" / "clusters" / "nodaemon" / "logs" / "etcd.log").read_text()
+    assert processes_mentioning(str(directory)) == []
+    status = cli("sandbox", "status", "--name", "nodaemon")
+    assert status.stdout.splitlines()[0] == (f"sandbox nodaemon: FAILED to come up: its logs are kept in "
+                                             f"{directory} (flavor aio)"), status.stdout
+    assert cli("sandbox", "down", "--name", "nodaemon").returncode == 0
+    assert not directory.exists() and processes_mentioning(str(directory)) == []

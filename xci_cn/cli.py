@@ -442,7 +442,9 @@ def sandbox_status(name: str, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return EXIT_PASSED
-    click.echo(f"sandbox {name}: {'up' if report['up'] else 'DOWN'} (flavor {report['flavor']})")
+    state = "up" if report["up"] else ("FAILED to come up: its logs are kept in " + report["dir"]
+                                       if report["state"] == "failed" else "DOWN")
+    click.echo(f"sandbox {name}: {state} (flavor {report['flavor']})")
     click.echo(f"  API: {report['api_url']}  server: {report.get('server_version', '-')}")
     click.echo(f"  kubeconfig: {report['kubeconfig']}")
     for component, state in report["components"].items():

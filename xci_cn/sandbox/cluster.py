@@ -209,6 +209,8 @@ def up(name: str, flavor: str, *, istio: bool = True, api_port: int = 0, reuse: 
     if sandbox.dir.is_dir() and any(sandbox.dir.iterdir()) and not sandbox.is_sandbox():
         raise InvalidInput(f"{sandbox.dir} holds files but no sandbox record; it is not a sandbox: "
                            "remove it or choose another --name")
+    if sandbox.info().get("state") == "failed":  # the logs of a failed up, kept for reading
+        down(name, missing_ok=True, log=log, artifacts_dir=artifacts_dir)
     if pods == "real":
         real_node.preflight(sandbox.node)
     if api_port and not port_free(api_port):
@@ -221,9 +223,16 @@ def up(name: str, flavor: str, *, istio: bool = True, api_port: int = 0, reuse: 
             _start(sandbox, binaries, flavor, istio, api_port, pods, kubeconfig_copy, log, say, cancel,
                    artifacts_dir)
         except BaseException:
+            # A failure names logs of the sandbox: they stay (with the record,
+            # state "failed") until down or the next up; an interrupt removes all.
+            keep_logs = not caught
             with _signals_ignored():
-                say(f"sandbox {name!r} did not come up: removing what was started")
-                _remove_started(sandbox, artifacts_dir, log)
+                say(f"sandbox {name!r} did not come up: removing what was started"
+                    + (f"; its logs stay in {sandbox.dir} until 'xci-cn sandbox down --name {name}'"
+                       if keep_logs else ""))
+                _remove_started(sandbox, artifacts_dir, log, keep_logs)
+                if keep_logs and sandbox.dir.is_dir():
+                    _write_info(sandbox, {**sandbox.info(), "name": name, "state": "failed"})
             if caught:
                 raise Interrupted(caught[0]) from None
             raise
@@ -264,7 +273,8 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
     _write_info(sandbox, {**record, "state": "up"})
 
 
-def _remove_started(sandbox: Sandbox, artifacts_dir: Path | None, log: logging.Logger) -> None:
+def _remove_started(sandbox: Sandbox, artifacts_dir: Path | None, log: logging.Logger,
+                    keep_logs: bool = False) -> None:
     """After a failed or cancelled up: a cancelled playbook's task workers run
     in sessions of their own and outlive it (a 'kwokctl create' may still be
     starting components), so stop them first, then remove the sandbox, then
@@ -273,7 +283,7 @@ def _remove_started(sandbox: Sandbox, artifacts_dir: Path | None, log: logging.L
     private = str(artifacts_dir or (sandbox_home() / ".ansible" / sandbox.name))
     real_node.stop_matching(lambda cmd: private in cmd or f"{sandbox.dir}/kwokctl.yaml" in cmd,
                             "playbook", done)
-    down(sandbox.name, missing_ok=True, log=log, artifacts_dir=artifacts_dir)
+    down(sandbox.name, missing_ok=True, log=log, artifacts_dir=artifacts_dir, keep_logs=keep_logs)
     real_node.stop_matching(lambda cmd: str(sandbox.dir) + "/" in cmd, "late", done)
     if done:
         log.info("removed after the failed start: %s", "; ".join(done))
@@ -376,9 +386,12 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 def down(name: str, *, missing_ok: bool = False, log: logging.Logger | None = None,
-         cancel: threading.Event | None = None, artifacts_dir: Path | None = None) -> bool:
+         cancel: threading.Event | None = None, artifacts_dir: Path | None = None,
+         keep_logs: bool = False) -> bool:
     """Remove the sandbox; False when there was none (an error unless
-    ``missing_ok``). A path that is not a sandbox is refused, untouched."""
+    ``missing_ok``). A path that is not a sandbox is refused, untouched.
+    ``keep_logs`` (after a failed up) stops everything but leaves the
+    directory and the logs it names."""
     log = log or logging.getLogger(__name__)
     sandbox = Sandbox(name)
     if not sandbox.dir.exists() and not sandbox.node.run_dir.exists():
@@ -393,7 +406,8 @@ def down(name: str, *, missing_ok: bool = False, log: logging.Logger | None = No
     binaries = ensure_binaries()
     # The node first: its mounts live under the directory the playbook deletes.
     real_node.cleanup(sandbox.node, log.info)
-    _run(binaries, "sandbox-down.yml", sandbox, log, cancel, artifacts_dir, None, {})
+    _run(binaries, "sandbox-down.yml", sandbox, log, cancel, artifacts_dir, None,
+         {"sandbox_keep_logs": keep_logs})
     return True
 
 
@@ -493,7 +507,7 @@ def status(name: str) -> dict[str, Any]:
         "traefik_api_url": _url(info, "traefik_api_port"),
         "kubeconfig": str(sandbox.kubeconfig), "api_url": sandbox.api_url(),
         "components": {c: {"pid": pid, "running": pid_alive(pid)} for c, pid in sandbox.pids().items()},
-        "up": sandbox.is_up(),
+        "up": sandbox.is_up(), "state": info.get("state", "up"),
     }
     if not report["up"]:
         return report
