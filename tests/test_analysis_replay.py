@@ -7,6 +7,8 @@ Prometheus of tests/meshmetrics.py and replayed by the real CLI."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from xci_cn.verify.judge import (
     mann_whitney,
     too_few_samples,
 )
-from xci_cn.verify.prometheus import Series
+from xci_cn.verify.series import Series
 
 # Ten p99 latencies (ms) of a healthy baseline, and a canary 50 % slower.
 BASELINE = [20.0, 21.0, 22.0, 23.0, 24.0, 20.0, 21.0, 22.0, 23.0, 24.0]
@@ -273,3 +275,12 @@ def test_a_stage_that_runs_again_replaces_only_its_own_analyses(tmp_path: Path) 
     assert notes == []
     assert [(a.stage, a.attempt, a.id, a.verdict) for a in tape.analyses] == [
         ("verify", 1, "verify/canary-step-1", SUCCESSFUL), ("deploy", 2, "deploy/canary-step-1", SUCCESSFUL)]
+
+
+def test_replay_loads_no_http_client_kubernetes_or_scipy_for_a_threshold_tape() -> None:
+    """Re-judging offline needs none of them: each costs start-up time that
+    the replay target (1 s in a fresh process) cannot spare."""
+    code = ("import sys; import xci_cn.verify.replay; "
+            "print(sorted(m for m in ('requests', 'kubernetes', 'scipy', 'urllib3') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

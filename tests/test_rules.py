@@ -33,7 +33,7 @@ from xci_cn.pipeline.stage import Check
 from xci_cn.pipeline.state import Outcome, RunResult, StageRecord, Status
 from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, SUCCESSFUL, AnalysisSpec, MetricSpec, analyse
 from xci_cn.verify.mesh import MeshSnapshot, check_mesh
-from xci_cn.verify.prometheus import QueryResult, Series
+from xci_cn.verify.series import QueryResult, Series
 
 
 # -- health -----------------------------------------------------------------------------------

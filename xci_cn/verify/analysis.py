@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from string import Template
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -43,7 +43,9 @@ from xci_cn.verify.judge import (
     measurement_verdict,
     score,
 )
-from xci_cn.verify.prometheus import Prometheus
+
+if TYPE_CHECKING:  # the client (and requests) only where Prometheus is asked, not to re-judge a tape
+    from xci_cn.verify.prometheus import Prometheus
 
 _ISTIO = ('reporter="destination",destination_service_name="$service",'
           'destination_workload_namespace="$namespace",destination_version="$version"')

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from xci_cn.verify.prometheus import QueryResult, Series
+from xci_cn.verify.series import QueryResult, Series
 
 
 class JudgedMetric(Protocol):

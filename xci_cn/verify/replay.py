@@ -30,7 +30,7 @@ from xci_cn.verify.analysis import (
     outcome,
 )
 from xci_cn.verify.judge import INCONCLUSIVE, Observation
-from xci_cn.verify.prometheus import Series
+from xci_cn.verify.series import Series
 from xci_cn.verify.tape import Tape, TapeAnalysis
 
 
