@@ -8,9 +8,12 @@ workdir, the kubeconfig, the real node's state (``node/``) and its record
 the ``provision`` stage type.
 
 With real pods (the default) the playbook brings up the control plane while
-``node.Node.prepare`` sets up the host and containerd; then the node joins.
+``node.Node.prepare`` sets up the host and containerd; the node joins as soon
+as the API server is ready, while the play goes on.
 An ``up`` that fails or is interrupted (SIGINT, SIGTERM, a cancelled stage)
-removes what it started, ignoring further signals until it has.
+stops what it started, ignoring further signals until it has; a failed one
+keeps its directory and logs (state ``failed``) until ``down`` or the next
+``up``, an interrupted one removes them.
 """
 
 from __future__ import annotations
@@ -254,23 +257,57 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
     # kwokctl picks "unused" ports by probing; two sandboxes started at once
     # (two Jenkins executors) would pick the same ones. One start at a time,
     # until the components listen.
+    play_over = threading.Event()
+    sandbox.kubeconfig.unlink(missing_ok=True)  # a killed run's: the node must join the new API server
     with _exclusive(sandbox_home() / ".start.lock"), ThreadPoolExecutor(1) as pool:
-        prepared = pool.submit(node.prepare) if node else None  # host, containerd, images meanwhile
-        _run(binaries, "sandbox-up.yml", sandbox, log, cancel, artifacts_dir, say, {
-            "xci_flavor": flavor,
-            "sandbox_istio": istio,
-            "sandbox_pods": pods,
-            "sandbox_api_port": api_port,
-            "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
-            "sandbox_prometheus": _prometheus(),
-            **{f"sandbox_{key}": port for key, port in ports.items()},
-        })
-        if prepared:
-            prepared.result()
+        # Meanwhile: host, containerd and images, then the node joins as soon
+        # as the API server is ready, while the play installs CRDs and daemons.
+        prepared = pool.submit(_prepare_and_join, sandbox, node, play_over, cancel) if node else None
+        try:
+            _run(binaries, "sandbox-up.yml", sandbox, log, cancel, artifacts_dir, say, {
+                "xci_flavor": flavor,
+                "sandbox_istio": istio,
+                "sandbox_pods": pods,
+                "sandbox_api_port": api_port,
+                "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
+                "sandbox_prometheus": _prometheus(),
+                **{f"sandbox_{key}": port for key, port in ports.items()},
+            })
+        finally:
+            play_over.set()
+        joined = prepared.result() if prepared else False
     if node:
-        node.join()
+        if not joined:
+            node.join()
         _wait_node_ready(sandbox, node, flavor, cancel, say)
     _write_info(sandbox, {**record, "state": "up"})
+
+
+def _prepare_and_join(sandbox: Sandbox, node: real_node.Node, play_over: threading.Event,
+                      cancel: threading.Event) -> bool:
+    """Prepare the node, then join it once the API server is ready; False
+    when the play ended first (the caller joins it, or the start failed)."""
+    node.prepare()
+    while not (play_over.is_set() or cancel.is_set()):
+        if _api_ready(sandbox):
+            node.join()
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _api_ready(sandbox: Sandbox) -> bool:
+    """The API server answers /readyz to the sandbox's admin certificate."""
+    import requests
+
+    url, pki = sandbox.api_url(), sandbox.cluster_dir / "pki"
+    if not url or not (pki / "admin.key").is_file():
+        return False
+    try:
+        return requests.get(f"{url}/readyz", cert=(str(pki / "admin.crt"), str(pki / "admin.key")),
+                            verify=str(pki / "ca.crt"), timeout=2).status_code == 200
+    except (requests.RequestException, OSError):
+        return False
 
 
 def _remove_started(sandbox: Sandbox, artifacts_dir: Path | None, log: logging.Logger,
