@@ -33,6 +33,7 @@ from xci_cn.pipeline.stage import Check
 from xci_cn.pipeline.state import Outcome, RunResult, StageRecord, Status
 from xci_cn.verify.analysis import ERROR, FAILED, INCONCLUSIVE, SUCCESSFUL, AnalysisSpec, MetricSpec, analyse
 from xci_cn.verify.mesh import MeshSnapshot, check_mesh
+from xci_cn.verify.probes import SplitCheck, judge_split
 from xci_cn.verify.series import QueryResult, Series
 
 
@@ -186,6 +187,31 @@ def test_route_weights(routes: list[list[dict[str, Any]]], weights: dict[str, in
     vs = {"spec": {"http": [{"route": route} for route in routes]}}
     assert route_weights(vs, HOST) == weights
 
+
+
+# -- split verdicts ---------------------------------------------------------------------------
+SPLIT = SplitCheck(type="split", url="http://gw/x/", requests=500, tolerance=5)
+SPLIT_CASES = [
+    ({"v1": 400, "v2": 100}, None, True, "v1 80.0%, v2 20.0% within ±5 points of {'v1': 80.0, 'v2': 20.0}"),
+    # The cold CI's case: a probe beside 50/s of the stage's own load saw 85.6/14.4 of
+    # Traefik's round robin; with the load's answers over the same seconds, the route's 80/20.
+    ({"v1": 428, "v2": 72}, None, False, "beyond ±5 points: v1: 85.6% observed, 80.0% expected; "
+                                          "v2: 14.4% observed, 20.0% expected"),
+    ({"v1": 428, "v2": 72}, {"v1": 772, "v2": 228}, True,
+     "v1 80.0%, v2 20.0% within ±5 points of {'v1': 80.0, 'v2': 20.0} (with 1000 answers of the stage's traffic)"),
+    ({"v1": 428, "v2": 72}, {"v1": 400, "v2": 0}, False,
+     "beyond ±5 points (with 400 answers of the stage's traffic): v1: 92.0% observed, 80.0% expected; "
+     "v2: 8.0% observed, 20.0% expected"),
+    ({"v1": 400, "v2": 99, "?": 1}, None, True,
+     "? 0.2%, v1 80.0%, v2 19.8% within ±5 points of {'v1': 80.0, 'v2': 20.0}"),
+]
+
+
+@pytest.mark.parametrize("counts,also,passed,message", SPLIT_CASES)
+def test_split_verdict(counts: dict[str, int], also: dict[str, int] | None, passed: bool, message: str) -> None:
+    result = judge_split(SPLIT, {"v1": 80, "v2": 20}, counts, 0, also)
+    assert (result.passed, result.message) == (passed, message)
+    assert result.details["counts"] == counts and result.details.get("traffic_counts") == also
 
 # -- what the runner makes of an attempt -----------------------------------------------------------
 def _with_status(error: Any, status: int) -> Any:

@@ -10,6 +10,7 @@ case per finding; a failed essential rule fails the stage.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -21,7 +22,7 @@ from xci_cn.verify.analysis import INCONCLUSIVE, AnalysisSpec
 from xci_cn.verify.cnf import CnfCheck
 from xci_cn.verify.load import TrafficSpec
 from xci_cn.verify.platform import PlatformCheck
-from xci_cn.verify.probes import HttpCheck, SplitCheck
+from xci_cn.verify.probes import HttpCheck, ProbeResult, SplitCheck
 from xci_cn.verify.steps import AnalysisFailed, AnalysisPaused, judge_step
 from xci_cn.verify.tape import TapeWriter
 
@@ -47,6 +48,15 @@ class VerifyOptions(RoutingOptions):
     checks: list[CheckSpec] = Field(min_length=1, description="Checks, run in order.")
     traffic: TrafficSpec | None = Field(default=None, description="Load sent through the Gateway while "
                                                                   "the checks run (recorded in the outputs).")
+
+
+@dataclass
+class _SplitBesideLoad:
+    check: SplitCheck
+    expected: dict[str, float]
+    probe: ProbeResult
+    start: float  # seconds into the stage's load
+    end: float
 
 
 class VerifyStage:
@@ -82,6 +92,9 @@ class VerifyStage:
             return opened[0]
 
         load = None
+        # Split probes sent beside the stage's own load to the same URL: judged
+        # with that load's answers over the same seconds, once it has stopped.
+        splits_beside_load: list[_SplitBesideLoad] = []
         try:
             if options.traffic is not None:
                 if options.router == "gateway-api" and options.service:
@@ -114,7 +127,10 @@ class VerifyStage:
                     for finding in findings:
                         ctx.check(finding.check, finding.passed, finding.message)
                 elif isinstance(check, SplitCheck):
-                    self._split(ctx, options, check, resources)
+                    beside = load if load is not None and _same_url(load.url, check.url) else None
+                    split = self._split(ctx, options, check, resources, beside)
+                    if split is not None:
+                        splits_beside_load.append(split)
                 elif isinstance(check, AnalysisCheck):
                     outputs["analysis"].append(self._analysis(ctx, options, check, resources, tape, index))
                 elif isinstance(check, CnfCheck):
@@ -127,6 +143,7 @@ class VerifyStage:
                 outputs["traffic"] = record.as_dict()
                 if record.shortfall:
                     ctx.check("traffic rate", False, record.shortfall)
+                self._judge_splits_beside(ctx, record, splits_beside_load)
         return outputs
 
     @staticmethod
@@ -159,7 +176,22 @@ class VerifyStage:
         return open_router(resources, rollout_target(options.router, options.namespace, service,
                                                      route=options.route, backends=options.backends))
 
-    def _split(self, ctx: StageContext, options: VerifyOptions, check: SplitCheck, resources: Any) -> None:
+    @staticmethod
+    def _judge_splits_beside(ctx: StageContext, record: Any, splits: list[_SplitBesideLoad]) -> None:
+        from xci_cn.verify.load import share_between
+        from xci_cn.verify.probes import judge_split
+
+        for split in splits:
+            also = {v: n for v, n in share_between(record.per_second, split.start, split.end).items()
+                    if v not in ("-", "?")}
+            verdict = judge_split(split.check, split.expected, split.probe.details["counts"],
+                                  split.probe.details["errors"], also)
+            ctx.check(verdict.name, verdict.passed, verdict.message, **verdict.details)
+
+    def _split(self, ctx: StageContext, options: VerifyOptions, check: SplitCheck, resources: Any,
+               beside: Any = None) -> _SplitBesideLoad | None:
+        """Run one split probe; with ``beside`` (the stage's load to the same
+        URL) return it, to be judged once the load's answers are known."""
         from xci_cn.verify.probes import run_split
 
         expected = check.weights
@@ -170,8 +202,12 @@ class VerifyStage:
         if router is not None:
             # Measure what is stored only once the proxy serves it.
             self._wait_served(ctx, options, router, {v: int(w) for v, w in expected.items()})
+        start = beside.elapsed() if beside is not None else 0.0
         probe = run_split(check, expected)
+        if beside is not None:
+            return _SplitBesideLoad(check, expected, probe, start, beside.elapsed())
         ctx.check(probe.name, probe.passed, probe.message, **probe.details)
+        return None
 
     def _wait_served(self, ctx: StageContext, options: VerifyOptions, router: Any, weights: dict[str, int]
                      ) -> None:
@@ -294,3 +330,7 @@ def _deployed_subjects(ctx: StageContext, resources: Any, namespace: str | None)
             body["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
             subjects.append(Subject.of(manifest, body))
     return subjects
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")

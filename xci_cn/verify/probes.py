@@ -118,7 +118,6 @@ def run_split(check: SplitCheck, expected: dict[str, float], session: requests.S
     """Send ``requests`` requests; each version's observed share must be
     within ``tolerance`` points of its expected weight."""
     session = session or requests.Session()
-    name = check.name or f"split {check.url}"
     seen: Counter[str] = Counter()
     errors = 0
     pattern = re.compile(check.version_body) if check.version_body else None
@@ -134,6 +133,19 @@ def run_split(check: SplitCheck, expected: dict[str, float], session: requests.S
         else:
             version = response.headers.get(check.version_header, "?")
         seen[version] += 1
+    return judge_split(check, expected, dict(seen), errors)
+
+
+def judge_split(check: SplitCheck, expected: dict[str, float], counts: dict[str, int], errors: int = 0,
+                also: dict[str, int] | None = None) -> ProbeResult:
+    """The verdict on answers per version: the probe's own ``counts`` plus,
+    with ``also``, the answers other traffic to the same route got over the
+    same time. A proxy that balances by deterministic weighted round robin
+    (Traefik) keeps the weights over all its requests, not within one client's
+    share of them, so a probe beside other load must count that load too."""
+    name = check.name or f"split {check.url}"
+    seen: Counter[str] = Counter(counts)
+    seen.update(also or {})
     answered = sum(seen.values())
     observed = {v: 100.0 * n / answered for v, n in seen.items()} if answered else {}
     total = sum(expected.values()) or 1
@@ -146,7 +158,13 @@ def run_split(check: SplitCheck, expected: dict[str, float], session: requests.S
     if errors:
         problems.append(f"{errors} of {check.requests} requests failed")
     shares = ", ".join(f"{v} {observed.get(v, 0):.1f}%" for v in sorted(set(expected_pct) | set(observed)))
-    details = {"observed": observed, "expected": expected_pct, "requests": check.requests, "errors": errors}
+    counted = f" (with {sum(also.values())} answers of the stage's traffic)" if also else ""
+    details: dict[str, Any] = {"observed": observed, "expected": expected_pct, "requests": check.requests,
+                               "errors": errors, "counts": dict(counts)}
+    if also is not None:
+        details["traffic_counts"] = dict(also)
     if problems:
-        return ProbeResult(name, False, f"beyond ±{check.tolerance:g} points: " + "; ".join(problems), details)
-    return ProbeResult(name, True, f"{shares} within ±{check.tolerance:g} points of {expected_pct}", details)
+        return ProbeResult(name, False, f"beyond ±{check.tolerance:g} points{counted}: " + "; ".join(problems),
+                           details)
+    return ProbeResult(name, True, f"{shares} within ±{check.tolerance:g} points of {expected_pct}{counted}",
+                       details)
