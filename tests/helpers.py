@@ -202,8 +202,8 @@ def unreachable_kubeconfig(directory: Path) -> Path:
     return path
 
 
-def until(what: str, found: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """``found()``'s first truthy answer, asked every 0.5 s; an assertion
+def until(what: str, found: Callable[[], Any], timeout: float = 60.0, every: float = 0.5) -> Any:
+    """``found()``'s first truthy answer, asked every ``every`` s; an assertion
     error naming ``what`` and the last answer after ``timeout``."""
     deadline = time.monotonic() + timeout
     last = None
@@ -211,5 +211,5 @@ def until(what: str, found: Callable[[], Any], timeout: float = 60.0) -> Any:
         last = found()
         if last:
             return last
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"{what} not seen in {timeout:g}s (last: {last!r})")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy
+from tests.helpers import cli, deploy_scenario, kubectl, run_on_cluster, sdc_copy, until
 from xci_cn.sandbox import images as oci
 from xci_cn.sandbox.binaries import ensure_binaries
 
@@ -394,6 +394,66 @@ def test_deploy_rides_out_a_kubelet_stopped_for_10s(sandbox: dict, tmp_path: Pat
     nodes = json.loads(cli("sandbox", "status", "--name", sandbox["name"], "--json").stdout)["nodes"]
     assert next(n for n in nodes if n["name"] == "node1")["ready"]
 
+
+
+def test_a_deleted_pod_is_replaced_and_the_health_watch_sees_it_ready_again(sandbox: dict, tmp_path: Path
+                                                                          ) -> None:
+    """The deploy stage's health watch (k8s.health.wait_healthy) on a
+    Deployment that lost a pod: it reports the gap from what the real kubelet
+    and controllers report, and settles Healthy only once the replacement
+    pod is Ready."""
+    from xci_cn.k8s.client import connect
+    from xci_cn.k8s.health import HEALTHY, PROGRESSING, Target, wait_healthy
+    from xci_cn.k8s.resources import Resources
+
+    manifests, namespace = sdc_copy(tmp_path)
+    code, _, out = run_on_cluster(tmp_path, sandbox, deploy_scenario(manifests, namespace))
+    assert code == 0, out
+
+    def pods() -> dict[str, bool]:
+        listed = json.loads(kubectl(sandbox, "get", "pods", "-n", namespace, "-l", "app=http-lb,version=v1",
+                                    "-o", "json"))["items"]
+        return {p["metadata"]["name"]: any(c["type"] == "Ready" and c["status"] == "True"
+                                           for c in p["status"].get("conditions") or [])
+                for p in listed if not p["metadata"].get("deletionTimestamp")}
+
+    before = pods()
+    assert len(before) == 2 and all(before.values()), before
+    victim = sorted(before)[0]
+    kubectl(sandbox, "delete", "pod", victim, "-n", namespace, "--wait=false")
+
+    def short_of_a_replica() -> bool:
+        status = json.loads(kubectl(sandbox, "get", "deployment", "http-lb-v1", "-n", namespace,
+                                    "-o", "json"))["status"]
+        return status.get("availableReplicas", 0) < 2
+    until("http-lb-v1 to miss its deleted pod", short_of_a_replica, 15, every=0.05)
+
+    cluster = connect(sandbox["kubeconfig"])
+    try:
+        resources = Resources(cluster)
+        info = resources.lookup("apps/v1", "Deployment")
+        assert info is not None
+        stored = resources.get(info, "http-lb-v1", namespace)
+        assert stored is not None
+        target = Target(info, namespace, "http-lb-v1")
+        target.mark_applied(stored["metadata"]["generation"])
+        seen: list[tuple[str, str]] = []
+        observe = target.observe
+
+        def recording(obj: dict | None) -> None:
+            observe(obj)
+            seen.append((target.health.status, target.health.message))
+        target.observe = recording  # type: ignore[method-assign]
+        result = wait_healthy(resources, [target], time.monotonic() + 60)
+    finally:
+        cluster.close()
+    after = pods()
+    assert result.not_healthy == [] and target.health.status == HEALTHY, seen
+    assert seen[0][0] == PROGRESSING and "of 2 updated replicas available" in seen[0][1], seen
+    assert seen[-1] == (HEALTHY, "2/2 available"), seen
+    assert victim not in after and len(after) == 2 and all(after.values()), after
+    assert set(after) - set(before), "no replacement pod"
+    kubectl(sandbox, "delete", "namespace", namespace, "--wait=false")
 
 # -- what the host lacks: one line each, exit 3, nothing started ---------------------------------
 def _up_refused(name: str) -> str:
