@@ -441,10 +441,17 @@ def down(name: str, *, missing_ok: bool = False, log: logging.Logger | None = No
         raise InvalidInput(f"{sandbox.dir} is {what} without xci-cn's sandbox record (sandbox.json): not a "
                            "sandbox, left untouched")
     binaries = ensure_binaries()
-    # The node first: its mounts live under the directory the playbook deletes.
-    real_node.cleanup(sandbox.node, log.info)
-    _run(binaries, "sandbox-down.yml", sandbox, log, cancel, artifacts_dir, None,
-         {"sandbox_keep_logs": keep_logs})
+    # The node and the rest at the same time; the directory goes last, once
+    # the node has unmounted what it mounted under it.
+    with ThreadPoolExecutor(1) as pool:
+        node_cleaned = pool.submit(real_node.cleanup, sandbox.node, log.info)
+        try:
+            _run(binaries, "sandbox-down.yml", sandbox, log, cancel, artifacts_dir, None,
+                 {"sandbox_keep_logs": keep_logs, "sandbox_keep_dir": True})
+        finally:
+            node_cleaned.result()
+    if not keep_logs:
+        shutil.rmtree(sandbox.dir, ignore_errors=True)
     return True
 
 
