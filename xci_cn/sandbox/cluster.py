@@ -7,8 +7,10 @@ workdir, the kubeconfig, the real node's state (``node/``) and its record
 ``down`` leaves it alone). Called by the CLI (``xci-cn sandbox …``) and by
 the ``provision`` stage type.
 
-With real pods (the default) the playbook brings up the control plane while
-``node.Node.prepare`` sets up the host and containerd; then the node joins.
+With real pods (the default) the node claims its address slot (the control
+plane gets the slot's Service CIDR), the playbook brings up the control plane
+while ``node.Node.prepare`` sets up the node's network namespace and
+containerd; then the node joins.
 An ``up`` that fails or is interrupted (SIGINT, SIGTERM, a cancelled stage)
 removes what it started, ignoring further signals until it has.
 """
@@ -242,6 +244,8 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
     _write_info(sandbox, {**record, "state": "starting"})
     say(f"starting sandbox {name!r} (flavor {flavor}, {len(flavor_nodes()[flavor])} nodes, {pods} pods)")
     node = real_node.Node(sandbox.node, binaries, real_node_name(flavor), say) if pods == "real" else None
+    # Simulated pods answer on no ClusterIP: the playbook's default range does.
+    network = {"sandbox_service_cidr": str(node.claim().service_cidr)} if node else {}
     # kwokctl picks "unused" ports by probing; two sandboxes started at once
     # (two Jenkins executors) would pick the same ones. One start at a time,
     # until the components listen.
@@ -255,6 +259,7 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
             "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
             "sandbox_prometheus": _prometheus(),
             **{f"sandbox_{key}": port for key, port in ports.items()},
+            **network,
         })
         if prepared:
             prepared.result()
