@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tarfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -321,21 +322,34 @@ def test_down_and_a_killed_run_leave_nothing_on_the_host(session_sandbox_down: N
     before = _host_state_then_up("leaks")
     sandbox = Sandbox("leaks")
     leaks = {"name": "leaks", "kubeconfig": sandbox.kubeconfig}
-    kubectl(leaks, "run", "web", "--image", f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}",
-            "--image-pull-policy", "Never", "--", "http")
-    kubectl(leaks, "wait", "--for", "condition=Ready", "pod/web", "--timeout", "60s")
+
+    def run_a_pod() -> None:
+        kubectl(leaks, "run", "web", "--image", f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}",
+                "--image-pull-policy", "Never", "--", "http")
+        kubectl(leaks, "wait", "--for", "condition=Ready", "pod/web", "--timeout", "60s")
+
+    run_a_pod()
+    marks = _marks(sandbox)
     during = host_state()
     network = node.network_of(sandbox.node)
     assert network is not None
-    alive = {"netns mounted": True, "veth": True, "routes": sorted([str(network.pod_subnet),
-                                                                    str(network.service_cidr)]), "dnat": True}
-    assert _host_network_of(sandbox) == alive
+
+    def alive() -> dict[str, object]:
+        now = node.network_of(sandbox.node)
+        assert now is not None
+        return {"netns mounted": True, "veth": True, "routes": sorted([str(now.pod_subnet), str(now.service_cidr)]),
+                "dnat": True}
+
+    assert _host_network_of(sandbox) == alive()
     assert network.host_veth in during["interfaces"] and len(during["mounts"]) > len(before["mounts"])
     # kube-proxy's and kubelet's chains are in the node's namespace, not the host's.
     inside = subprocess.run(node.in_netns(sandbox.node, ["iptables-save"]), capture_output=True, text=True).stdout
     assert "KUBE-SERVICES" in inside and "KUBE-FIREWALL" in inside
-    assert not any(sandbox.node.id in rule for rule in set(during["iptables"]) - set(before["iptables"])
-                   if "KUBE-" in rule)
+    # On the host: one DNAT rule, from the node's link to the API server on loopback.
+    port = urllib.parse.urlsplit(sandbox.api_url() or "").port
+    dnat = [rule for rule in during["iptables"] if sandbox.node.id in rule]
+    assert len(dnat) == 1 and dnat[0].startswith(f"-A PREROUTING -d {network.host_ip}/32 -i {network.host_veth} ")
+    assert f"--dport {port} " in dnat[0] and dnat[0].endswith(f"-j DNAT --to-destination 127.0.0.1:{port}"), dnat
 
     def kill_every_process() -> list[int]:
         """A killed run: every process of the sandbox gets SIGKILL; shims and
@@ -345,7 +359,7 @@ def test_down_and_a_killed_run_leave_nothing_on_the_host(session_sandbox_down: N
         for pid in sandbox.running_components().values():
             os.kill(pid, signals.SIGKILL)
         time.sleep(0.5)
-        assert _host_network_of(sandbox) == alive  # the leftovers the next up or down must clear
+        assert _host_network_of(sandbox) == alive()  # the leftovers the next up or down must clear
         return shims
 
     shims = kill_every_process()
@@ -355,8 +369,8 @@ def test_down_and_a_killed_run_leave_nothing_on_the_host(session_sandbox_down: N
     assert f"deleted {network.host_veth} and its routes" in again.stderr, again.stderr
     assert "removed the DNAT rule to the API server" in again.stderr
     assert not any(Path(f"/proc/{pid}").exists() for pid in shims)
-    kubectl(leaks, "wait", "--for", "condition=Ready", "pod/web", "--timeout", "90s")
-    marks = _marks(sandbox)  # the slot of this up
+    run_a_pod()  # in a new cluster: the killed one's went with it
+    marks += _marks(sandbox)  # the slot of this up
     kill_every_process()
     down = cli("sandbox", "down", "--name", "leaks", timeout=120)
     assert down.returncode == 0, down.stderr
