@@ -344,7 +344,7 @@ def test_down_and_a_killed_run_leave_nothing_on_the_host(session_sandbox_down: N
     assert network.host_veth in during["interfaces"] and len(during["mounts"]) > len(before["mounts"])
     # kube-proxy's and kubelet's chains are in the node's namespace, not the host's.
     inside = subprocess.run(node.in_netns(sandbox.node, ["iptables-save"]), capture_output=True, text=True).stdout
-    assert "KUBE-SERVICES" in inside and "KUBE-FIREWALL" in inside
+    assert "KUBE-SERVICES" in inside and "KUBE-POSTROUTING" in inside
     # On the host: one DNAT rule, from the node's link to the API server on loopback.
     port = urllib.parse.urlsplit(sandbox.api_url() or "").port
     dnat = [rule for rule in during["iptables"] if sandbox.node.id in rule]
