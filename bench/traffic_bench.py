@@ -11,7 +11,7 @@ Targets (issue "Real traffic"):
 
 The backends are HTTP servers of this script on a bridge address of its own
 (the API server refuses loopback endpoints); the sandbox has simulated pods,
-so the script does not need the host's one real node.
+so the script needs no real node (nor the CPU one costs).
 
 Usage: .venv/bin/python bench/traffic_bench.py [--rounds 50] [--rates 200,500,1000,2000]
 """

@@ -3,10 +3,11 @@ kube-apiserver, etcd, controller-manager, scheduler; a real node running
 real pods, kwok nodes; Istio CRDs) for the whole session and tears it down
 at the end. Tests that need a cluster use it; none are skipped.
 
-A host runs one real node at a time: a test that brings up a real node of
-its own asks for ``real_node_free``, which takes the session sandbox down;
-the next test that needs ``sandbox`` brings it back (same name, same
-kubeconfig path)."""
+Real nodes run in network namespaces of their own, so tests bring up real
+sandboxes of their own beside the session's. A test that compares the whole
+host before and after asks for ``session_sandbox_down``, which takes the
+session sandbox down; the next test that needs ``sandbox`` brings it back
+(same name, same kubeconfig path)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -50,32 +50,15 @@ def sandbox(session_sandbox: None) -> dict:
     from xci_cn.sandbox import cluster
 
     if not cluster.Sandbox(SESSION_SANDBOX).is_up():
-        _up_when_the_real_node_is_free(lambda: cluster.up(SESSION_SANDBOX, "mini", istio=True))
+        cluster.up(SESSION_SANDBOX, "mini", istio=True)
     running = cluster.Sandbox(SESSION_SANDBOX)
     return {"name": SESSION_SANDBOX, "kubeconfig": running.kubeconfig, "api_url": running.api_url()}
 
 
-def _up_when_the_real_node_is_free(start: Any, patience: float = 1800) -> None:
-    """A host runs one real node; on a host shared by several test sessions
-    wait for another session's node to go rather than fail."""
-    from xci_cn.errors import EnvironmentProblem
-
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            start()
-            return
-        except EnvironmentProblem as exc:
-            busy = ("real node belongs to", "no sandbox owns it", "pod subnet")
-            if not any(text in str(exc) for text in busy) or time.monotonic() > deadline:
-                raise
-            time.sleep(10)
-
-
 @pytest.fixture(scope="session")
 def simulated_sandbox(isolated_sandbox_home: Path) -> Iterator[dict]:
-    """A sandbox with kwok-simulated pods, for the tests that do not need the
-    host's one real node: data-plane tests whose backends are servers of the
+    """A sandbox with kwok-simulated pods, for the tests that need no real
+    node: data-plane tests whose backends are servers of the
     tests (the proxy, Prometheus and the Gateway API run without it), and
     real-world samples whose images cannot be had here (Istio's bookinfo
     pulls from docker.io). ``{"name", "kubeconfig", "api_url"}``."""
@@ -90,8 +73,9 @@ def simulated_sandbox(isolated_sandbox_home: Path) -> Iterator[dict]:
 
 
 @pytest.fixture
-def real_node_free(session_sandbox: None) -> None:
-    """The host's real node is free for a test's own sandbox."""
+def session_sandbox_down(session_sandbox: None) -> None:
+    """The session sandbox down: its node changes nothing on the host while
+    it idles, but a test comparing the whole host wants it quiet."""
     from xci_cn.sandbox import cluster
 
     cluster.down(SESSION_SANDBOX, missing_ok=True)

@@ -34,6 +34,10 @@ def restart_component(sandbox_name: str, component: str, down_seconds: float, *,
     time.sleep(down_seconds)
     # Started through a shell that exits at once, so the component is not this
     # test process's child (kwokctl detaches its components the same way).
+    if node:  # back into the node's network namespace
+        from xci_cn.sandbox.node import in_netns
+
+        argv = in_netns(sandbox.node, argv)
     log = log_dir / f"{component}.log"
     script = f"{shlex.join(argv)} >>{shlex.quote(str(log))} 2>&1 </dev/null & echo $!"
     new_pid = subprocess.run(["setsid", "bash", "-c", script], cwd=cwd, capture_output=True, text=True,

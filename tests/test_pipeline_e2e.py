@@ -13,8 +13,7 @@ from tests.leaks import processes_mentioning
 from xci_cn.paths import SAMPLES_DIR
 
 
-def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_sandbox_home: Path,
-                                                    real_node_free: None) -> None:
+def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_sandbox_home: Path) -> None:
     proc = cli("run", "--results-dir", "R", "--sandbox-name", "e2e", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = tmp_path / "R"
@@ -64,8 +63,7 @@ def test_default_verify_pipeline_on_its_own_sandbox(tmp_path: Path, isolated_san
     assert not (results / "kubeconfig").exists()
 
 
-def test_bad_canary_scenario_is_rolled_back_on_real_failures(tmp_path: Path, isolated_sandbox_home: Path,
-                                                           real_node_free: None) -> None:
+def test_bad_canary_scenario_is_rolled_back_on_real_failures(tmp_path: Path, isolated_sandbox_home: Path) -> None:
     proc = cli("run", "--scenario", str(SAMPLES_DIR / "scenarios" / "k8-nosdn-istio-bad-canary.yaml"),
                "--results-dir", "R", "--sandbox-name", "bad",
                cwd=tmp_path, timeout=600)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tarfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -272,44 +273,115 @@ def cli_argv(*args: str) -> list[str]:
     return [*XCI_CN, *args]
 
 
-def test_down_and_a_killed_run_leave_nothing_on_the_host(real_node_free: None, tmp_path: Path) -> None:
+def _marks(*sandboxes: object) -> list[str]:
+    """What names a sandbox's traces on the host: its directory, its node's
+    id (mounts, cgroups, runtime dir, the DNAT rule's comment), its slot's
+    claim and the host's end of its link (interface, routes)."""
+    from xci_cn.sandbox import node
+    from xci_cn.sandbox.cluster import Sandbox
+
+    marks = []
+    for sandbox in sandboxes:
+        assert isinstance(sandbox, Sandbox)
+        marks += [str(sandbox.dir), sandbox.node.id]
+        network = node.network_of(sandbox.node)
+        if network is not None:
+            marks += [network.host_veth, f"slot-{network.slot}.json", f"{network.pod_subnet} ",
+                      f"{network.service_cidr} "]
+    return marks
+
+
+def _host_network_of(sandbox: object) -> dict[str, object]:
+    """The host's view of a node's network: its namespace's mount, the
+    host's end of its link, the routes through it, the DNAT rule."""
+    from xci_cn.sandbox import node
+    from xci_cn.sandbox.cluster import Sandbox
+
+    assert isinstance(sandbox, Sandbox)
+    network = node.network_of(sandbox.node)
+    assert network is not None
+    routes = subprocess.run(["ip", "-4", "route", "show", "dev", network.host_veth], capture_output=True,
+                            text=True).stdout if Path(f"/sys/class/net/{network.host_veth}").exists() else ""
+    return {
+        "netns mounted": str(sandbox.node.netns) in Path("/proc/self/mountinfo").read_text(),
+        "veth": Path(f"/sys/class/net/{network.host_veth}").exists(),
+        "routes": sorted(line.split()[0] for line in routes.splitlines() if " via " in line),
+        "dnat": sandbox.node.dnat_comment in subprocess.run(["iptables-save", "-t", "nat"], capture_output=True,
+                                                            text=True).stdout,
+    }
+
+
+def test_down_and_a_killed_run_leave_nothing_on_the_host(session_sandbox_down: None, tmp_path: Path) -> None:
     import os
     import signal as signals
 
-    from tests.leaks import host_state, processes_mentioning
+    from tests.leaks import host_state, ours, processes_mentioning
+    from xci_cn.sandbox import node
     from xci_cn.sandbox.cluster import Sandbox
 
     before = _host_state_then_up("leaks")
-    leaks = {"name": "leaks", "kubeconfig": Sandbox("leaks").kubeconfig}
-    kubectl(leaks, "run", "web", "--image", f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}",
-            "--image-pull-policy", "Never", "--", "http")
-    kubectl(leaks, "wait", "--for", "condition=Ready", "pod/web", "--timeout", "60s")
-    during = host_state()
-    assert "xcicn0" in during["interfaces"] and len(during["mounts"]) > len(before["mounts"])
-    assert any("KUBE-SERVICES" in rule for rule in during["iptables"])
-    # A killed run: every process of the sandbox gets SIGKILL; shims and
-    # containers survive their containerd.
     sandbox = Sandbox("leaks")
-    shims = [pid for pid, cmd in processes_mentioning(str(sandbox.node.socket)) if "containerd-shim" in cmd]
-    assert shims
-    for pid in sandbox.running_components().values():
-        os.kill(pid, signals.SIGKILL)
+    leaks = {"name": "leaks", "kubeconfig": sandbox.kubeconfig}
+
+    def run_a_pod() -> None:
+        kubectl(leaks, "run", "web", "--image", f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}",
+                "--image-pull-policy", "Never", "--", "http")
+        kubectl(leaks, "wait", "--for", "condition=Ready", "pod/web", "--timeout", "60s")
+
+    run_a_pod()
+    marks = _marks(sandbox)
+    during = host_state()
+    network = node.network_of(sandbox.node)
+    assert network is not None
+
+    def alive() -> dict[str, object]:
+        now = node.network_of(sandbox.node)
+        assert now is not None
+        return {"netns mounted": True, "veth": True, "routes": sorted([str(now.pod_subnet), str(now.service_cidr)]),
+                "dnat": True}
+
+    assert _host_network_of(sandbox) == alive()
+    assert network.host_veth in during["interfaces"] and len(during["mounts"]) > len(before["mounts"])
+    # kube-proxy's and kubelet's chains are in the node's namespace, not the host's.
+    inside = subprocess.run(node.in_netns(sandbox.node, ["iptables-save"]), capture_output=True, text=True).stdout
+    assert "KUBE-SERVICES" in inside and "KUBE-POSTROUTING" in inside
+    # On the host: one DNAT rule, from the node's link to the API server on loopback.
+    port = urllib.parse.urlsplit(sandbox.api_url() or "").port
+    dnat = [rule for rule in during["iptables"] if sandbox.node.id in rule]
+    assert len(dnat) == 1 and dnat[0].startswith(f"-A PREROUTING -d {network.host_ip}/32 -i {network.host_veth} ")
+    assert f"--dport {port} " in dnat[0] and dnat[0].endswith(f"-j DNAT --to-destination 127.0.0.1:{port}"), dnat
+
+    def kill_every_process() -> list[int]:
+        """A killed run: every process of the sandbox gets SIGKILL; shims and
+        containers survive their containerd, the namespace its processes."""
+        shims = [pid for pid, cmd in processes_mentioning(str(sandbox.node.socket)) if "containerd-shim" in cmd]
+        assert shims
+        for pid in sandbox.running_components().values():
+            os.kill(pid, signals.SIGKILL)
+        time.sleep(0.5)
+        assert _host_network_of(sandbox) == alive()  # the leftovers the next up or down must clear
+        return shims
+
+    shims = kill_every_process()
     again = cli("sandbox", "up", "--name", "leaks", "--flavor", "aio", timeout=300)
     assert again.returncode == 0, again.stderr
     assert "node clean-up: " in again.stderr and "killed" in again.stderr
+    assert f"deleted {network.host_veth} and its routes" in again.stderr, again.stderr
+    assert "removed the DNAT rule to the API server" in again.stderr
     assert not any(Path(f"/proc/{pid}").exists() for pid in shims)
+    run_a_pod()  # in a new cluster: the killed one's went with it
+    marks += _marks(sandbox)  # the slot of this up
+    kill_every_process()
     down = cli("sandbox", "down", "--name", "leaks", timeout=120)
     assert down.returncode == 0, down.stderr
     after = host_state()
-    from xci_cn.sandbox import node
-
-    if node.host_owner():  # a shared host: another session took the real node at once
-        ours = (sandbox.node.id, str(sandbox.dir))
-        after = {k: [x for x in v if any(o in x for o in ours)] for k, v in after.items()}
-        before = {k: [x for x in v if any(o in x for o in ours)] for k, v in before.items()}
-        assert processes_mentioning(str(sandbox.dir)) == []
-    assert {k: v for k, v in after.items() if v != before[k]} == {}, \
-        {k: sorted(set(after[k]) ^ set(before[k])) for k in after if after[k] != before[k]}
+    assert processes_mentioning(str(sandbox.dir)) == []
+    assert ours(after, marks) == ours(before, marks), ours(after, marks)
+    # The rest of the host as it was, but for other sandboxes' changes on a shared host.
+    others = set(processes_mentioning("kubelet")) - {(pid, cmd) for pid, cmd in processes_mentioning(str(sandbox.dir))}
+    if not others:
+        assert {k: v for k, v in after.items() if v != before[k]} == {}, \
+            {k: sorted(set(after[k]) ^ set(before[k])) for k in after if after[k] != before[k]}
 
 
 def test_verify_http_checks_reach_services_by_name_through_their_cluster_ip(sandbox: dict, tmp_path: Path
@@ -334,26 +406,14 @@ def test_verify_http_checks_reach_services_by_name_through_their_cluster_ip(sand
     assert code == 1 and f"Service {namespace}/nothing has no ClusterIP" in summary["stages"][1]["error"], out
 
 
-def _host_state_then_up(name: str, patience: float = 1800) -> dict[str, list[str]]:
-    """The host's state while no real node runs on it, then ``up`` of a real
-    sandbox; on a host shared with other test sessions, wait for their node."""
+def _host_state_then_up(name: str) -> dict[str, list[str]]:
+    """The host's state, then ``up`` of a real sandbox."""
     from tests.leaks import host_state
-    from xci_cn.sandbox import node
 
-    deadline = time.monotonic() + patience
-    while True:
-        owner = node.host_owner()
-        if owner and node.running(node.NodeLayout(owner["name"], Path(owner["dir"]))):
-            assert time.monotonic() < deadline, f"the real node stayed taken by {owner}"
-            time.sleep(10)
-            continue
-        before = host_state()
-        up = cli("sandbox", "up", "--name", name, "--flavor", "aio", "-q", timeout=300)
-        if up.returncode == 0:
-            return before
-        busy = ("real node belongs to", "no sandbox owns it", "pod subnet")
-        assert any(text in up.stderr for text in busy) and time.monotonic() < deadline, up.stderr
-        time.sleep(10)
+    before = host_state()
+    up = cli("sandbox", "up", "--name", name, "--flavor", "aio", "-q", timeout=300)
+    assert up.returncode == 0, up.stderr
+    return before
 
 
 def test_containerd_restart_keeps_running_pods(sandbox: dict) -> None:
@@ -495,22 +555,126 @@ def test_a_kernel_without_bridge_netfilter_is_one_line(tmp_path: Path, monkeypat
     assert "real pods need the kernel's bridge netfilter" in line and "load br_netfilter" in line
 
 
-def test_a_pod_subnet_already_routed_is_one_line(real_node_free: None) -> None:
-    """A real route into the node's pod subnet, on an interface of the test's
-    own; the host is as it was, apart from that interface, until it goes."""
+class _RoutedLink:
+    """A link of the test's own with routes into the node's address ranges
+    (a bridge: there is no dummy module here); gone at exit."""
+
+    def __init__(self, *subnets: str) -> None:
+        self.name = f"xcit{uuid.uuid4().hex[:6]}"
+        self.subnets = subnets
+
+    def __enter__(self) -> str:
+        subprocess.run(["ip", "link", "add", self.name, "type", "bridge"], check=True)
+        subprocess.run(["ip", "link", "set", self.name, "up"], check=True)
+        for subnet in self.subnets:
+            subprocess.run(["ip", "route", "add", subnet, "dev", self.name], check=True)
+        return self.name
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["ip", "link", "del", self.name], check=True)
+
+
+def test_a_slot_whose_subnet_is_routed_is_passed_over() -> None:
+    from xci_cn.sandbox import cluster, node
+
+    layout = cluster.Sandbox("routed").node
+    preferred = node.NodeNetwork(layout.preferred_slot)
+    for subnet in (preferred.pod_subnet, preferred.service_cidr, preferred.link):
+        with _RoutedLink(str(subnet)):
+            chosen = node.free_slot(layout)
+            assert chosen.slot != preferred.slot
+            assert not any(mine.overlaps(subnet) for mine in chosen.networks().values())
+
+
+def test_no_free_address_slot_is_one_line() -> None:
+    """Every pod subnet routed elsewhere: one line, exit 3; the host is as it
+    was, apart from the test's link, until it goes."""
     from tests.leaks import host_state
     from xci_cn.sandbox import node
 
-    link = f"xcit{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "link", "add", link, "type", "bridge"], check=True)  # no dummy module here
-    try:
-        subprocess.run(["ip", "link", "set", link, "up"], check=True)
-        subnet = str(node.POD_SUBNET)
-        subprocess.run(["ip", "route", "add", subnet, "dev", link], check=True)
+    with _RoutedLink(str(node.POD_SUBNETS)) as link:
         before = host_state()
-        line = _up_refused("subnet-taken")
-        assert line.startswith(f"xci-cn: the real node's pod subnet {subnet} is already routed on this host "
-                               f"({subnet} dev {link}"), line
+        line = _up_refused("all-taken")
+        assert line.startswith("xci-cn: no address slot is free for a real node on this host (all 64 of pod "
+                               "subnets 10.244.0.0/18"), line
+        assert f"is already routed on this host (10.244.0.0/18 dev {link}" in line, line
+        assert line.endswith("bring a sandbox down, free the addresses or use --pods simulated")
         assert host_state() == before
+
+
+def test_two_real_sandboxes_run_at_once_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two real nodes on one host, brought up at once: each its own
+    namespace, bridge, pod subnet, Service CIDR and iptables; each answers
+    by pod IP and ClusterIP from the host; neither sees the other's pods, nor
+    is disturbed when the other goes; down leaves nothing of either."""
+    import ipaddress
+    import os
+
+    from tests.leaks import host_state, ours, processes_mentioning
+    from xci_cn.sandbox import node
+    from xci_cn.sandbox.cluster import Sandbox
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("XCI_CN_SANDBOX_HOME", str(home))
+    names = ("nn-one", "nn-two")
+    sandboxes = [Sandbox(name) for name in names]
+    before = host_state()
+    marks: list[str] = []
+    ups = [subprocess.Popen(cli_argv("sandbox", "up", "--name", name, "--flavor", "mini", "-q"), env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    try:
+        for up in ups:
+            _, err = up.communicate(timeout=400)
+            assert up.returncode == 0, err
+        marks = _marks(*sandboxes)
+        networks = [node.network_of(sandbox.node) for sandbox in sandboxes]
+        boxes = [{"name": s.name, "kubeconfig": s.kubeconfig} for s in sandboxes]
+        one, two = networks
+        assert one is not None and two is not None
+        assert one.slot != two.slot and one.bridge != two.bridge and one.node_ip != two.node_ip
+        assert not one.pod_subnet.overlaps(two.pod_subnet) and not one.service_cidr.overlaps(two.service_cidr)
+        image = f"xci-cn.local/sdc-app:{oci.sdc_app_tag()}"
+        spaces = ("one", "two")
+        for box, space in zip(boxes, spaces, strict=True):
+            kubectl(box, "create", "namespace", space)
+            kubectl(box, "run", "web", "-n", space, "--image", image, "--image-pull-policy", "Never",
+                    "--port", "8080", "--", "http", f"--name={space}")
+            kubectl(box, "expose", "pod", "web", "-n", space, "--port", "8080")
+        answers = []
+        for box, space, network in zip(boxes, spaces, (one, two), strict=True):
+            kubectl(box, "wait", "-n", space, "--for", "condition=Ready", "pod/web", "--timeout", "90s")
+            pod_ip = json.loads(kubectl(box, "get", "pod", "web", "-n", space, "-o", "json"))["status"]["podIP"]
+            cluster_ip = json.loads(kubectl(box, "get", "svc", "web", "-n", space, "-o", "json"))["spec"]["clusterIP"]
+            assert ipaddress.ip_address(pod_ip) in network.pod_subnet
+            assert ipaddress.ip_address(cluster_ip) in network.service_cidr
+            answers.append((space, pod_ip, cluster_ip))
+        for space, pod_ip, cluster_ip in answers:  # from the host
+            assert f"{space} v1" in http_get(pod_ip, 8080)[2]
+            assert f"{space} v1" in http_get(cluster_ip, 8080)[2]
+        # Each API server knows its own pods and its own node only.
+        for box, network, theirs in ((boxes[0], one, answers[1]), (boxes[1], two, answers[0])):
+            pods = json.loads(kubectl(box, "get", "pods", "-A", "-o", "json"))["items"]
+            assert theirs[1] not in {p["status"].get("podIP") for p in pods}
+            assert theirs[0] not in {p["metadata"]["namespace"] for p in pods}
+            real = json.loads(kubectl(box, "get", "node", "node1", "-o", "json"))
+            addresses = {a["type"]: a["address"] for a in real["status"]["addresses"]}
+            assert addresses["InternalIP"] == network.node_ip
+        # The first one goes; the second answers as before.
+        down = cli("sandbox", "down", "--name", names[0], timeout=120)
+        assert down.returncode == 0, down.stderr
+        space, pod_ip, cluster_ip = answers[1]
+        assert f"{space} v1" in http_get(pod_ip, 8080)[2] and f"{space} v1" in http_get(cluster_ip, 8080)[2]
+        # Its pod subnet is routed nowhere near a node now (the host's default route may answer).
+        route = subprocess.run(["ip", "-4", "route", "get", answers[0][1]], capture_output=True, text=True).stdout
+        assert one.host_veth not in route and "xcicn" not in route, route
+        assert "one v1" not in http_get(answers[0][1], 8080, settle=0)[2]
     finally:
-        subprocess.run(["ip", "link", "del", link], check=True)
+        for up in ups:
+            if up.poll() is None:
+                up.kill()
+                up.wait()
+        for name in names:
+            cli("sandbox", "down", "--name", name, timeout=120)
+    after = host_state()
+    assert processes_mentioning(str(home)) == []
+    assert marks and ours(after, marks) == ours(before, marks), ours(after, marks)

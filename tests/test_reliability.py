@@ -21,7 +21,7 @@ from tests.leaks import processes_mentioning
 from xci_cn.paths import REPO_ROOT
 
 # Runs that bring up sandboxes of their own, about signals and concurrency, not
-# pods: a host has one real node, so they use kwok's.
+# pods: kwok's come up sooner and cost no CPU.
 SIMULATED_PODS = {**os.environ, "XCI_CN_SANDBOX_PODS": "simulated"}
 # The default scenario's traffic checks need real pods; this one is the
 # whole pipeline (provision, logs, teardown) without them.

@@ -37,7 +37,8 @@ def test_session_sandbox_is_a_real_api_server(sandbox: dict) -> None:
     assert printed == str(sandbox["kubeconfig"])
 
 
-def test_every_component_listens_on_loopback_or_the_node_bridge_only(sandbox: dict) -> None:
+def test_every_component_listens_on_loopback_or_the_nodes_own_addresses_only(sandbox: dict) -> None:
+    from xci_cn.sandbox import node
     from xci_cn.sandbox.cluster import Sandbox
 
     running = Sandbox(sandbox["name"]).running_components()
@@ -46,9 +47,12 @@ def test_every_component_listens_on_loopback_or_the_node_bridge_only(sandbox: di
                             "traefik", "prometheus", "pod-sd"}
     listening = _listening_sockets_of(set(running.values()))
     assert listening, "no listening sockets found for the sandbox's processes"
-    gateway = Sandbox(sandbox["name"]).node.gateway
-    assert all(addr in ("127.0.0.1", gateway) for addr, _ in listening), listening
-    assert (gateway, 10250) in listening and (gateway, 53) in listening  # kubelet, CoreDNS
+    # The node's components listen in its network namespace: its loopback,
+    # its end of the link, its bridge.
+    network = node.network_of(Sandbox(sandbox["name"]).node)
+    assert network is not None
+    assert all(addr in ("127.0.0.1", network.node_ip, network.gateway) for addr, _ in listening), listening
+    assert (network.node_ip, 10250) in listening and (network.gateway, 53) in listening  # kubelet, CoreDNS
 
 
 def test_istio_schema_is_enforced_by_the_real_api_server(sandbox: dict) -> None:
@@ -153,15 +157,16 @@ def _listening_sockets_of(pids: set[int]) -> list[tuple[str, int]]:
                 continue
             if str(target).startswith("socket:["):
                 inodes[str(target)[8:-1]] = pid
-    out = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and inode in inodes:  # LISTEN
-                host_hex, port_hex = local.split(":")
-                out.append((_decode_host(host_hex), int(port_hex, 16)))
-    return out
+    out = set()
+    for pid in pids:  # each process's own network namespace's tables
+        for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and inode in inodes:  # LISTEN
+                    host_hex, port_hex = local.split(":")
+                    out.add((_decode_host(host_hex), int(port_hex, 16)))
+    return sorted(out)
 
 
 def _decode_host(host_hex: str) -> str:

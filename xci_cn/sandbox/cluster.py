@@ -7,9 +7,11 @@ workdir, the kubeconfig, the real node's state (``node/``) and its record
 ``down`` leaves it alone). Called by the CLI (``xci-cn sandbox …``) and by
 the ``provision`` stage type.
 
-With real pods (the default) the playbook brings up the control plane while
-``node.Node.prepare`` sets up the host and containerd; the node joins as soon
-as the API server is ready, while the play goes on.
+With real pods (the default) the node claims its address slot (the control
+plane gets the slot's Service CIDR), the playbook brings up the control plane
+while ``node.Node.prepare`` sets up the node's network namespace and
+containerd; the node joins as soon as the API server is ready, while the
+play goes on.
 An ``up`` that fails or is interrupted (SIGINT, SIGTERM, a cancelled stage)
 stops what it started, ignoring further signals until it has; a failed one
 keeps its directory and logs (state ``failed``) until ``down`` or the next
@@ -41,7 +43,7 @@ from xci_cn import settings
 from xci_cn.errors import EnvironmentProblem, Interrupted, InvalidInput, StageFailed, XciCnError
 from xci_cn.paths import PLAYBOOKS_DIR
 from xci_cn.sandbox import node as real_node
-from xci_cn.sandbox.binaries import SandboxBinaries, ensure_binaries, find_kubectl
+from xci_cn.sandbox.binaries import SandboxBinaries, cache_root, ensure_binaries, find_kubectl
 
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 PODS = ("real", "simulated")
@@ -254,12 +256,15 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
     _write_info(sandbox, {**record, "state": "starting"})
     say(f"starting sandbox {name!r} (flavor {flavor}, {len(flavor_nodes()[flavor])} nodes, {pods} pods)")
     node = real_node.Node(sandbox.node, binaries, real_node_name(flavor), say) if pods == "real" else None
+    # Simulated pods answer on no ClusterIP: the playbook's default range does.
+    network = {"sandbox_service_cidr": str(node.claim().service_cidr)} if node else {}
     # kwokctl picks "unused" ports by probing; two sandboxes started at once
-    # (two Jenkins executors) would pick the same ones. One start at a time,
+    # (two Jenkins executors, two test sessions, whatever their sandbox
+    # homes) would pick the same ones. One start at a time per binary cache,
     # until the components listen.
     play_over = threading.Event()
     sandbox.kubeconfig.unlink(missing_ok=True)  # a killed run's: the node must join the new API server
-    with _exclusive(sandbox_home() / ".start.lock"), ThreadPoolExecutor(1) as pool:
+    with _exclusive(_start_lock()), ThreadPoolExecutor(1) as pool:
         # Meanwhile: host, containerd and images, then the node joins as soon
         # as the API server is ready, while the play installs CRDs and daemons.
         prepared = pool.submit(_prepare_and_join, sandbox, node, play_over, cancel) if node else None
@@ -272,6 +277,7 @@ def _start(sandbox: Sandbox, binaries: SandboxBinaries, flavor: str, istio: bool
                 "sandbox_kubeconfig_copy": str(kubeconfig_copy.resolve()) if kubeconfig_copy else "",
                 "sandbox_prometheus": _prometheus(),
                 **{f"sandbox_{key}": port for key, port in ports.items()},
+                **network,
             })
         finally:
             play_over.set()
@@ -409,6 +415,13 @@ def _signals_ignored() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _start_lock() -> Path:
+    """In the binary cache, which every sandbox home of this user shares (the
+    sandbox home when the cache is read-only)."""
+    lock = cache_root() / ".sandbox-start.lock"
+    return lock if os.access(cache_root(), os.W_OK) else sandbox_home() / ".start.lock"
 
 
 @contextmanager

@@ -1,22 +1,31 @@
 """The sandbox's real node: containerd (with Debian's runc and CNI plugins),
 kubelet, kube-proxy (iptables mode) and CoreDNS, started as processes of the
-sandbox, each stopped by the PID it recorded.
+sandbox in a network namespace of the node's own, each stopped by the PID it
+recorded.
+
+The namespace holds the node's bridge, its pods' veths and every iptables
+chain kubelet, kube-proxy and the CNI plugins add, so several real nodes run
+on one host without meeting. A veth pair joins it to the host; host routes
+send the node's pod subnet and its sandbox's Service CIDR through it (tests,
+Traefik, Prometheus and pod-sd on the host reach pod IPs and ClusterIPs), and
+one DNAT rule on the host's end lets the node reach its API server on the
+host's loopback. Each node claims an address slot
+(``/run/xci-cn/slot-<n>.json``): its pod subnet, Service CIDR, link subnet and
+interface names, none routed or in use when it was claimed.
 
 Everything a node changes on the host is recorded first and undone by
 ``cleanup``, which works from the records alone, so it also clears what a
-killed run left: processes (by PID and by cgroup), mounts under the node's
-directories, the bridge and its veths, the iptables chains kubelet,
-kube-proxy and the CNI plugins add, the node's cgroups, kubelet's symlinks in
-/var/log/containers, and the sysctls kubelet and kube-proxy set.
-
-kube-proxy's and kubelet's iptables chains are host-wide names, so a host
-runs one real node at a time; ``/run/xci-cn/real-node.json`` says whose it
-is. Other sandboxes run with ``--pods simulated``.
+killed run left: processes (by PID, by cgroup and by network namespace),
+mounts under the node's directories (its namespace among them), the host's
+end of the veth with its routes, the DNAT rule, the node's cgroups, kubelet's
+symlinks in /var/log/containers, and the kernel-wide sysctls kubelet sets
+(restored when the host's last real node goes).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import json
 import os
@@ -25,7 +34,9 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,28 +51,94 @@ Say = Callable[[str], None]
 # reported as "still running" when a Popen object is collected).
 _STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
-HOST_RECORD = Path("/run/xci-cn/real-node.json")
+RUN_ROOT = Path("/run/xci-cn")
 CNI_DIRS = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
-BRIDGE = "xcicn0"
-POD_SUBNET = ipaddress.IPv4Network("10.244.0.0/24")
+# Address slots: slot n has the n-th /24 of the pod subnets, the n-th /20 of
+# the Service CIDRs (room for thousands of Services) and the n-th /30 of the
+# links between host and node. A slot whose networks the host routes is
+# skipped; ClusterIPs are not routed where a cluster handles them in the
+# host's own iptables, so the Service CIDRs keep out of 10.96.0.0/12, the
+# range of kubeadm, kind and minikube (and of host-namespace nodes of
+# earlier xci-cn versions).
+SLOTS = 64
+POD_SUBNETS = ipaddress.IPv4Network("10.244.0.0/18")
+SERVICE_CIDRS = ipaddress.IPv4Network("10.112.0.0/14")
+LINK_SUBNETS = ipaddress.IPv4Network("10.243.0.0/24")
+# A name in the API server's certificate (kwokctl's): the node reaches the
+# server through the host's end of the link, not by that name.
+API_SERVER_NAME = "localhost"
 # Where the kernel says it has what a real node needs.
 KERNEL_FILESYSTEMS = Path("/proc/filesystems")
 BRIDGE_NETFILTER = Path("/proc/sys/net/bridge")
-# What kubelet (setupKernelTunables), kube-proxy and the node need changed;
-# recorded before the first start and restored by cleanup.
+# Kernel-wide sysctls kubelet (setupKernelTunables) changes: recorded before
+# the host's first real node starts, restored when its last one goes.
 SYSCTLS = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/panic_on_oom",
-           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward",
-           "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables",
-           "net/ipv4/conf/all/route_localnet")
-NEEDED_SYSCTLS = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
+           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
+SYSCTL_RECORD = RUN_ROOT / "sysctls.json"
+# Per network namespace: set in the node's, the host's are left as they are.
+NET_SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables",
+               "net/ipv4/conf/all/route_localnet")
+NEEDED_NET_SYSCTLS = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
 COMPONENTS = ("coredns", "kube-proxy", "kubelet", "containerd")  # stop order
-KUBE_CHAIN_PREFIXES = ("KUBE-", "CNI-")
 # An owner this young with no component running yet is starting, not dead.
 STARTING_SECONDS = 300
 KUBE_PROXY_HEALTHZ, COREDNS_HEALTH, COREDNS_READY = 10256, 18080, 18181
+
+
+@dataclass(frozen=True)
+class NodeNetwork:
+    """The addresses and interface names of one address slot."""
+
+    slot: int
+
+    def _nth(self, pool: ipaddress.IPv4Network, prefix: int) -> ipaddress.IPv4Network:
+        size = 2 ** (32 - prefix)
+        return ipaddress.IPv4Network((int(pool.network_address) + self.slot * size, prefix))
+
+    @property
+    def pod_subnet(self) -> ipaddress.IPv4Network:
+        return self._nth(POD_SUBNETS, 24)
+
+    @property
+    def service_cidr(self) -> ipaddress.IPv4Network:
+        return self._nth(SERVICE_CIDRS, 20)
+
+    @property
+    def link(self) -> ipaddress.IPv4Network:
+        return self._nth(LINK_SUBNETS, 30)
+
+    @property
+    def host_ip(self) -> str:
+        """The host's end of the link: the node's way to its API server."""
+        return str(self.link[1])
+
+    @property
+    def node_ip(self) -> str:
+        """The node's end of the link: its InternalIP."""
+        return str(self.link[2])
+
+    @property
+    def gateway(self) -> str:
+        """The bridge's address: the pods' gateway and DNS server."""
+        return str(self.pod_subnet[1])
+
+    @property
+    def bridge(self) -> str:
+        return f"xcicn{self.slot}"
+
+    @property
+    def host_veth(self) -> str:
+        return f"xcicn{self.slot}-host"
+
+    @property
+    def node_veth(self) -> str:
+        return f"xcicn{self.slot}-node"
+
+    def networks(self) -> dict[str, ipaddress.IPv4Network]:
+        return {"pod subnet": self.pod_subnet, "Service CIDR": self.service_cidr, "link": self.link}
 
 
 @dataclass(frozen=True)
@@ -80,23 +157,43 @@ class NodeLayout:
     def id(self) -> str:
         """Name and a hash of the directory: sandboxes of one name in two
         homes (two users, two test sessions) never share host paths."""
+        return f"{self.sandbox_name}-{self._hash[:8]}"
+
+    @property
+    def _hash(self) -> str:
         import hashlib
 
-        return f"{self.sandbox_name}-{hashlib.sha256(str(self.sandbox_dir).encode()).hexdigest()[:8]}"
+        return hashlib.sha256(str(self.sandbox_dir).encode()).hexdigest()
+
+    @property
+    def preferred_slot(self) -> int:
+        """Derived from the sandbox, so that two sandboxes seldom try the same
+        slot first; the next free one is taken when it is not free."""
+        return int(self._hash[8:16], 16) % SLOTS
 
     @property
     def run_dir(self) -> Path:
-        return Path("/run/xci-cn") / self.id
+        return RUN_ROOT / self.id
 
     @property
     def socket(self) -> Path:
         return self.run_dir / "containerd.sock"
 
     @property
+    def netns(self) -> Path:
+        """The node's network namespace, bind-mounted here while it lives."""
+        return self.run_dir / "netns"
+
+    @property
     def kubeconfig(self) -> Path:
-        """The sandbox's admin kubeconfig (kwokctl writes it; the node's
-        components use it too)."""
+        """The sandbox's admin kubeconfig (kwokctl writes it)."""
         return self.sandbox_dir / "kubeconfig.yaml"
+
+    @property
+    def node_kubeconfig(self) -> Path:
+        """The admin kubeconfig pointed at the API server through the link,
+        for the node's components."""
+        return self.dir / "kubeconfig.yaml"
 
     @property
     def logs(self) -> Path:
@@ -115,15 +212,125 @@ class NodeLayout:
         return f"xci-cn-{self.id}"
 
     @property
-    def gateway(self) -> str:
-        return str(next(POD_SUBNET.hosts()))
-
-    @property
     def network_name(self) -> str:
         return f"xci-cn-{self.id}"
 
+    @property
+    def dnat_comment(self) -> str:
+        return f"xci-cn-node:{self.id}"
+
     def pid_file(self, component: str) -> Path:
         return self.dir / "pids" / f"{component}.pid"
+
+
+def in_netns(layout: NodeLayout, argv: list[str]) -> list[str]:
+    """``argv`` run in the node's network namespace. nsenter execs it (same
+    PID), entering only the network namespace: kubelet's mounts must stay
+    visible to containerd and the host (``ip netns exec`` would remount /sys
+    in a mount namespace of its own)."""
+    return ["nsenter", f"--net={layout.netns}", "--", *argv]
+
+
+# -- address slots --------------------------------------------------------------------
+
+def _slot_file(slot: int) -> Path:
+    return RUN_ROOT / f"slot-{slot}.json"
+
+
+def claims() -> dict[int, dict[str, Any]]:
+    """Slot -> its claim (name, dir, since) on this host."""
+    out: dict[int, dict[str, Any]] = {}
+    for path in RUN_ROOT.glob("slot-*.json") if RUN_ROOT.is_dir() else ():
+        try:
+            out[int(path.stem.removeprefix("slot-"))] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def network_of(layout: NodeLayout) -> NodeNetwork | None:
+    """The network of the slot this node claimed (None: it claimed none)."""
+    for slot, claim in claims().items():
+        if claim.get("dir") == str(layout.sandbox_dir):
+            return NodeNetwork(slot)
+    return None
+
+
+@contextmanager
+def _host_lock() -> Iterator[None]:
+    """One claim or release at a time on the host (two test sessions, two
+    Jenkins executors): a lock on the runtime directory itself, so nothing is
+    left behind."""
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    fd = os.open(RUN_ROOT, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clear_dead_claims(layout: NodeLayout) -> None:
+    """A killed run of another sandbox: its leftovers go (its slot with them)."""
+    for claim in claims().values():
+        if claim.get("dir") == str(layout.sandbox_dir):
+            continue
+        previous = NodeLayout(str(claim.get("name")), Path(str(claim.get("dir"))))
+        starting = time.time() - float(claim.get("since", 0)) < STARTING_SECONDS
+        if not running(previous) and not starting:
+            cleanup(previous)
+
+
+def _slot_taken(network: NodeNetwork, taken: dict[int, dict[str, Any]], routes: list[str]) -> str:
+    """Why the slot cannot be had ('' when it can)."""
+    if network.slot in taken:
+        return f"claimed by sandbox {taken[network.slot].get('name')!r}"
+    for what, subnet in network.networks().items():
+        route = _route_overlapping(routes, subnet)
+        if route:
+            return f"its {what} {subnet} is already routed on this host ({route})"
+    for name in (network.host_veth, network.bridge):
+        if _link_exists(name):
+            return f"a network interface named {name} exists"
+    return ""
+
+
+def free_slot(layout: NodeLayout) -> NodeNetwork:
+    """The first free slot from the sandbox's preferred one; EnvironmentProblem
+    naming why the preferred one is taken when none is free."""
+    taken = claims()
+    routes = _routes()
+    first = ""
+    for step in range(SLOTS):
+        network = NodeNetwork((layout.preferred_slot + step) % SLOTS)
+        why = _slot_taken(network, taken, routes)
+        if not why:
+            return network
+        first = first or f"slot {network.slot}: {why}"
+    raise EnvironmentProblem(
+        f"no address slot is free for a real node on this host (all {SLOTS} of pod subnets {POD_SUBNETS}, "
+        f"Service CIDRs {SERVICE_CIDRS}, links {LINK_SUBNETS} taken or routed; {first}); bring a sandbox "
+        "down, free the addresses or use --pods simulated")
+
+
+def _claim(layout: NodeLayout) -> NodeNetwork:
+    with _host_lock():
+        network = free_slot(layout)
+        if not claims():  # the host's first real node: the host's values, before kubelet's
+            _record_sysctls()
+        RUN_ROOT.joinpath(f"slot-{network.slot}.partial").write_text(json.dumps({
+            "name": layout.sandbox_name, "dir": str(layout.sandbox_dir), "id": layout.id,
+            "since": time.time()}))
+        RUN_ROOT.joinpath(f"slot-{network.slot}.partial").replace(_slot_file(network.slot))
+    return network
+
+
+def _release(layout: NodeLayout, network: NodeNetwork | None, done: list[str]) -> None:
+    with _host_lock():
+        if network is not None:
+            _slot_file(network.slot).unlink(missing_ok=True)
+        if not claims():  # the host's last real node went
+            _restore_sysctls(done)
 
 
 # -- pre-flight -----------------------------------------------------------------------
@@ -132,16 +339,17 @@ def preflight(layout: NodeLayout) -> None:
     """What a real node needs from the host, each missing part in one line."""
     if os.geteuid() != 0:
         raise EnvironmentProblem(
-            "real pods need root (cgroups, mounts, iptables, a bridge): run 'sandbox up' as root, or "
-            "choose simulated pods with 'sandbox up --pods simulated' (scenario/flavor setting "
+            "real pods need root (cgroups, mounts, iptables, a network namespace): run 'sandbox up' as root, "
+            "or choose simulated pods with 'sandbox up --pods simulated' (scenario/flavor setting "
             "'pods: simulated', Jenkins parameter SANDBOX_PODS=simulated)")
-    missing = [tool for tool in ("runc", "iptables", "iptables-save", "ip") if not shutil.which(tool)]
+    missing = [tool for tool in ("runc", "iptables", "iptables-save", "ip", "nsenter", "unshare")
+               if not shutil.which(tool)]
     cni = cni_bin_dir()
     if cni is None:
         missing.append(f"the CNI plugins {', '.join(CNI_PLUGINS)} (in {' or '.join(map(str, CNI_DIRS))})")
     if missing:
         raise EnvironmentProblem(
-            f"real pods need {', '.join(missing)}: install Debian's runc, iptables, iproute2 and "
+            f"real pods need {', '.join(missing)}: install Debian's runc, iptables, iproute2, util-linux and "
             "containernetworking-plugins (tools/bootstrap.sh --system does), or use --pods simulated")
     if "overlay" not in KERNEL_FILESYSTEMS.read_text().split():
         raise EnvironmentProblem(f"real pods need the kernel's overlay filesystem (not in {KERNEL_FILESYSTEMS}); "
@@ -149,25 +357,9 @@ def preflight(layout: NodeLayout) -> None:
     if not BRIDGE_NETFILTER.is_dir():
         raise EnvironmentProblem(f"real pods need the kernel's bridge netfilter (no {BRIDGE_NETFILTER}: "
                                  "load br_netfilter); use --pods simulated on this host")
-    owner = host_owner()
-    if owner and owner.get("dir") != str(layout.sandbox_dir):
-        previous = NodeLayout(str(owner.get("name")), Path(str(owner.get("dir"))))
-        starting = time.time() - float(owner.get("since", 0)) < STARTING_SECONDS
-        if not running(previous) and not starting:  # a killed run of another sandbox: its leftovers go
-            cleanup(previous)
-            owner = host_owner()
-    if owner and owner.get("dir") != str(layout.sandbox_dir):
-        raise EnvironmentProblem(
-            f"this host's real node belongs to sandbox {owner.get('name')!r} ({owner.get('dir')}); "
-            f"bring it down with 'xci-cn sandbox down --name {owner.get('name')}' or use --pods simulated")
-    if not owner:
-        taken = _routes_overlapping(POD_SUBNET)
-        if taken:
-            raise EnvironmentProblem(f"the real node's pod subnet {POD_SUBNET} is already routed on this host "
-                                     f"({taken}); free it or use --pods simulated")
-        if _link_exists(BRIDGE):
-            raise EnvironmentProblem(f"a network interface named {BRIDGE} exists but no sandbox owns it; "
-                                     f"remove it ('ip link del {BRIDGE}') or use --pods simulated")
+    _clear_dead_claims(layout)
+    if network_of(layout) is None:  # a killed run of this sandbox gives its own slot back at up
+        free_slot(layout)
 
 
 def cni_bin_dir() -> Path | None:
@@ -177,22 +369,22 @@ def cni_bin_dir() -> Path | None:
     return None
 
 
-def host_owner() -> dict[str, Any] | None:
-    try:
-        return json.loads(HOST_RECORD.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def _routes() -> list[str]:
+    out = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def _routes_overlapping(network: ipaddress.IPv4Network) -> str:
-    out = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        destination = line.split()[0]
+def _route_overlapping(routes: list[str], network: ipaddress.IPv4Network) -> str:
+    for line in routes:
+        words = line.split()
+        destination = words[1] if words[0] in ("local", "broadcast", "unicast", "blackhole",
+                                                "unreachable", "prohibit", "anycast", "multicast",
+                                                "throw", "nat") else words[0]
         if destination == "default":
             continue
         try:
             if ipaddress.ip_network(destination, strict=False).overlaps(network):
-                return line.strip()
+                return line
         except ValueError:
             continue
     return ""
@@ -205,7 +397,9 @@ def _link_exists(name: str) -> bool:
 # -- start ----------------------------------------------------------------------------
 
 class Node:
-    """Start the node's processes in two halves: ``prepare`` (host set-up,
+    """Start the node in three steps: ``claim`` (its address slot, after
+    clearing a killed run of the same sandbox) comes first, since the
+    control plane needs the slot's Service CIDR; ``prepare`` (the namespace,
     containerd, images) needs no API server and runs while the control plane
     starts; ``join`` (kubelet, kube-proxy, CoreDNS) needs it."""
 
@@ -214,20 +408,28 @@ class Node:
         self.binaries = binaries
         self.node_name = node_name
         self.say = say
+        self._network: NodeNetwork | None = None
+
+    @property
+    def network(self) -> NodeNetwork:
+        if self._network is None:
+            self._network = network_of(self.layout)
+        if self._network is None:
+            raise StageFailed(f"the real node of sandbox {self.layout.sandbox_name!r} holds no address slot")
+        return self._network
+
+    def claim(self) -> NodeNetwork:
+        cleanup(self.layout, self.say)  # a killed run of the same name
+        _clear_dead_claims(self.layout)
+        self._network = _claim(self.layout)
+        return self._network
 
     def prepare(self) -> None:
         layout = self.layout
-        cleanup(layout, self.say)  # a killed run of the same name
         for directory in (layout.dir / "pids", layout.logs, layout.pod_logs, layout.kubelet_root,
                           layout.dir / "cni" / "net.d", layout.run_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        HOST_RECORD.parent.mkdir(parents=True, exist_ok=True)
-        HOST_RECORD.write_text(json.dumps({"name": layout.sandbox_name, "dir": str(layout.sandbox_dir),
-                                           "since": time.time()}))
-        _record_sysctls(layout)
-        for key, value in NEEDED_SYSCTLS.items():
-            _write_sysctl(key, value)
-        self._bridge()
+        self._namespace()
         self._cgroups()
         self._write_configs()
         self.start("containerd", [str(self.binaries.path("containerd")), "--config",
@@ -239,11 +441,11 @@ class Node:
 
     def join(self) -> None:
         layout = self.layout
-        kubeconfig = layout.kubeconfig
+        self._api_server_path()
         self.start("kubelet", [
             str(self.binaries.path("kubelet")), "--config", str(layout.dir / "kubelet.yaml"),
-            "--kubeconfig", str(kubeconfig), "--root-dir", str(layout.kubelet_root),
-            "--hostname-override", self.node_name, "--node-ip", layout.gateway,
+            "--kubeconfig", str(layout.node_kubeconfig), "--root-dir", str(layout.kubelet_root),
+            "--hostname-override", self.node_name, "--node-ip", self.network.node_ip,
             "--cert-dir", str(layout.kubelet_root / "pki"), "--v", "1"])
         self.start("kube-proxy", [str(self.binaries.path("kube-proxy")), "--config",
                                   str(layout.dir / "kube-proxy.yaml"), "--hostname-override", self.node_name])
@@ -251,8 +453,8 @@ class Node:
 
     def start(self, component: str, argv: list[str]) -> int:
         with open(self.layout.logs / f"{component}.log", "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=self.layout.dir)
+            proc = subprocess.Popen(in_netns(self.layout, argv), stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=self.layout.dir)
         self.layout.pid_file(component).write_text(str(proc.pid))
         _STARTED[proc.pid] = proc
         return proc.pid
@@ -282,12 +484,54 @@ class Node:
         tail = _tail(self.layout.logs / f"{component}.log")
         raise StageFailed(f"{message}; last log line: {tail}")
 
-    def _bridge(self) -> None:
+    def _namespace(self) -> None:
+        """The node's network namespace, the link to the host (the node's end
+        holds its InternalIP), the bridge, and the host routes into it."""
+        layout, net = self.layout, self.network
         run = _checked
-        run(["ip", "link", "add", "name", BRIDGE, "type", "bridge"], "create the node's bridge")
-        run(["ip", "addr", "add", f"{self.layout.gateway}/{POD_SUBNET.prefixlen}", "dev", BRIDGE],
-            "address the node's bridge")
-        run(["ip", "link", "set", BRIDGE, "up"], "bring the node's bridge up")
+        layout.netns.touch()
+        run(["unshare", f"--net={layout.netns}", "true"], "create the node's network namespace")
+        run(["ip", "link", "add", net.host_veth, "type", "veth", "peer", "name", net.node_veth,
+             "netns", str(layout.netns)], "create the link between the host and the node")
+        run(in_netns(layout, ["ip", "-batch", "-"]), "set up the node's network namespace", "\n".join([
+            "link set lo up",
+            f"addr add {net.node_ip}/{net.link.prefixlen} dev {net.node_veth}",
+            f"link set {net.node_veth} up",
+            f"route add default via {net.host_ip}",
+            f"link add name {net.bridge} type bridge",
+            f"addr add {net.gateway}/{net.pod_subnet.prefixlen} dev {net.bridge}",
+            f"link set {net.bridge} up", ""]))
+        sysctls = "; ".join(f"echo {value} > /proc/sys/{key}" for key, value in NEEDED_NET_SYSCTLS.items())
+        run(in_netns(layout, ["sh", "-ec", sysctls]), "set the node's forwarding sysctls")
+        run(["ip", "addr", "add", f"{net.host_ip}/{net.link.prefixlen}", "dev", net.host_veth],
+            "address the host's end of the link")
+        run(["ip", "link", "set", net.host_veth, "up"], "bring the host's end of the link up")
+        for subnet in (net.pod_subnet, net.service_cidr):
+            run(["ip", "route", "add", str(subnet), "via", net.node_ip, "dev", net.host_veth],
+                f"route {subnet} to the node")
+
+    def _api_server_path(self) -> None:
+        """The API server listens on the host's loopback: the node reaches it
+        at the host's end of the link, DNAT'ed to 127.0.0.1 (which the kernel
+        allows with route_localnet, on that interface only). The node's
+        kubeconfig asks for a name in the server's certificate."""
+        import yaml
+
+        layout, net = self.layout, self.network
+        config = yaml.safe_load(layout.kubeconfig.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        server = urllib.parse.urlsplit(cluster["server"])
+        port = server.port or 443
+        cluster["server"] = f"https://{net.host_ip}:{port}"
+        cluster["tls-server-name"] = API_SERVER_NAME
+        fd = os.open(layout.node_kubeconfig, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(config, handle)
+        _write_sysctl(f"net/ipv4/conf/{net.host_veth}/route_localnet", "1")
+        _checked(["iptables", "-w", "-t", "nat", "-I", "PREROUTING", "-i", net.host_veth, "-d", net.host_ip,
+                  "-p", "tcp", "--dport", str(port), "-m", "comment", "--comment", layout.dnat_comment,
+                  "-j", "DNAT", "--to-destination", f"127.0.0.1:{port}"],
+                 "let the node reach its API server")
 
     def _cgroups(self) -> None:
         for controller in _cgroup_hierarchies():
@@ -298,7 +542,7 @@ class Node:
                     (path / name).write_text((controller / name).read_text())
 
     def _write_configs(self) -> None:
-        layout = self.layout
+        layout, net = self.layout, self.network
         cni_dir = cni_bin_dir()
         runc = shutil.which("runc")
         (layout.dir / "containerd.toml").write_text(f"""# containerd for sandbox {layout.sandbox_name}
@@ -343,17 +587,17 @@ oom_score = 0
         (layout.dir / "cni" / "net.d" / "10-xci-cn.conflist").write_text(json.dumps({
             "cniVersion": "1.0.0", "name": layout.network_name,
             "plugins": [
-                {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
-                 # the default route: Service ClusterIPs are reached through the host
+                {"type": "bridge", "bridge": net.bridge, "isGateway": True, "ipMasq": False, "hairpinMode": True,
+                 # the default route: Service ClusterIPs are reached through the node's namespace
                  "ipam": {"type": "host-local", "dataDir": str(layout.dir / "cni" / "ipam"),
                           "routes": [{"dst": "0.0.0.0/0"}],
-                          "ranges": [[{"subnet": str(POD_SUBNET), "gateway": layout.gateway}]]}},
+                          "ranges": [[{"subnet": str(net.pod_subnet), "gateway": net.gateway}]]}},
                 {"type": "portmap", "capabilities": {"portMappings": True}},
             ]}, indent=2))
         kwok_pki = layout.sandbox_dir / "kwok" / "clusters" / layout.sandbox_name / "pki"
         (layout.dir / "kubelet.yaml").write_text(json.dumps({
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "address": layout.gateway, "port": 10250, "readOnlyPort": 0,
+            "address": net.node_ip, "port": 10250, "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
                                "x509": {"clientCAFile": str(kwok_pki / "ca.crt")}},
@@ -361,7 +605,7 @@ oom_score = 0
             "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{layout.cgroup_name}", "failCgroupV1": False,
             "containerRuntimeEndpoint": f"unix://{layout.socket}",
             "podLogsDir": str(layout.pod_logs),
-            "clusterDNS": [layout.gateway], "clusterDomain": "cluster.local", "resolvConf": "",
+            "clusterDNS": [net.gateway], "clusterDomain": "cluster.local", "resolvConf": "",
             "nodeStatusUpdateFrequency": "2s", "nodeStatusReportFrequency": "10s",
             "syncFrequency": "10s", "fileCheckFrequency": "10s",
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
@@ -371,23 +615,24 @@ oom_score = 0
         }, indent=2))
         (layout.dir / "kube-proxy.yaml").write_text(json.dumps({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-            "mode": "iptables", "clusterCIDR": str(POD_SUBNET),
-            "clientConnection": {"kubeconfig": str(layout.kubeconfig)},
-            "bindAddress": layout.gateway,
-            "healthzBindAddress": f"127.0.0.1:{KUBE_PROXY_HEALTHZ}", "metricsBindAddress": "127.0.0.1:10249",
-            "nodePortAddresses": [f"{layout.gateway}/32"],
+            "mode": "iptables", "clusterCIDR": str(net.pod_subnet),
+            "clientConnection": {"kubeconfig": str(layout.node_kubeconfig)},
+            "bindAddress": net.node_ip,
+            # on the node's address: up asks from the host whether it synced
+            "healthzBindAddress": f"{net.node_ip}:{KUBE_PROXY_HEALTHZ}", "metricsBindAddress": "127.0.0.1:10249",
+            "nodePortAddresses": [f"{net.node_ip}/32"],
             # zeros: leave the host's conntrack limits and timeouts as they are
             "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
                           "tcpCloseWaitTimeout": "0s"},
             "iptables": {"syncPeriod": "30s", "minSyncPeriod": "0s"},
         }, indent=2))
         (layout.dir / "Corefile").write_text(f"""cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {{
-    bind {layout.gateway}
-    health 127.0.0.1:{COREDNS_HEALTH}
-    ready 127.0.0.1:{COREDNS_READY}
+    bind {net.gateway}
+    health {net.node_ip}:{COREDNS_HEALTH}
+    ready {net.node_ip}:{COREDNS_READY}
     errors
     kubernetes cluster.local in-addr.arpa ip6.arpa {{
-        kubeconfig {layout.kubeconfig}
+        kubeconfig {layout.node_kubeconfig}
         pods insecure
         fallthrough in-addr.arpa ip6.arpa
     }}
@@ -396,8 +641,8 @@ oom_score = 0
 """)
 
 
-def _checked(argv: list[str], what: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True)
+def _checked(argv: list[str], what: str, stdin: str | None = None) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, input=stdin)
     if proc.returncode != 0:
         raise EnvironmentProblem(f"could not {what}: '{' '.join(argv)}': {proc.stderr.strip()}")
 
@@ -414,11 +659,11 @@ def _cgroup_hierarchies() -> list[Path]:
     return [p for p in sorted(CGROUP_ROOT.iterdir()) if p.is_dir() and (p / "cgroup.procs").exists()]
 
 
-def _record_sysctls(layout: NodeLayout) -> None:
-    """The host's values before the first start; a re-up after a killed run
-    keeps the first record (the current values are the node's own)."""
-    record = layout.dir / "sysctls.json"
-    if record.exists():
+def _record_sysctls() -> None:
+    """The host's values before its first real node (called with the host
+    lock held, no claim on the host); a record left by a killed run is kept:
+    the current values may be its kubelet's."""
+    if SYSCTL_RECORD.exists():
         return
     values = {}
     for key in SYSCTLS:
@@ -426,7 +671,7 @@ def _record_sysctls(layout: NodeLayout) -> None:
             values[key] = (Path("/proc/sys") / key).read_text().strip()
         except OSError:
             continue
-    record.write_text(json.dumps(values, indent=2))
+    SYSCTL_RECORD.write_text(json.dumps(values, indent=2))
 
 
 def _write_sysctl(key: str, value: str) -> None:
@@ -442,8 +687,11 @@ def services_ready(layout: NodeLayout) -> bool:
     """kube-proxy synced its rules and CoreDNS its view of the cluster."""
     import http.client
 
+    network = network_of(layout)
+    if network is None:
+        return False
     for port, path in ((KUBE_PROXY_HEALTHZ, "/healthz"), (COREDNS_READY, "/ready")):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        connection = http.client.HTTPConnection(network.node_ip, port, timeout=2)
         try:
             connection.request("GET", path)
             if connection.getresponse().status != 200:
@@ -488,8 +736,8 @@ def running(layout: NodeLayout) -> dict[str, int]:
 def cleanup(layout: NodeLayout, say: Say | None = None) -> list[str]:
     """Undo everything a node of this layout did on the host (idempotent);
     returns what was found and removed, for the log."""
-    owns_host = (host_owner() or {}).get("dir") == str(layout.sandbox_dir)
-    if not layout.dir.exists() and not layout.run_dir.exists() and not owns_host:
+    network = network_of(layout)
+    if not layout.dir.exists() and not layout.run_dir.exists() and network is None:
         return []
     done: list[str] = []
     for component in COMPONENTS:
@@ -500,19 +748,65 @@ def cleanup(layout: NodeLayout, say: Say | None = None) -> list[str]:
         if pid and _is_ours(pid, layout):
             _stop(pid)
             done.append(f"stopped {component} (pid {pid})")
+    _kill_namespace_processes(layout, done)
     stop_matching(lambda cmd: str(layout.socket) in cmd or str(layout.run_dir) in cmd, "leftover", done)
-    _unmount_under((layout.dir, layout.run_dir), done)
-    if owns_host:
-        _remove_links(done)
-        _remove_chains(done)
-        HOST_RECORD.unlink(missing_ok=True)
+    if network is not None:  # while the namespace lives: its end of the link goes with the host's
+        _remove_host_network(layout, network, done)
+    _unmount_under((layout.dir, layout.run_dir), done)  # the namespace's bind mount too
     _remove_cgroups(layout, done)
     _remove_log_links(layout)
-    _restore_sysctls(layout, done)
+    _release(layout, network, done)
     shutil.rmtree(layout.run_dir, ignore_errors=True)
     if say and done:
         say("node clean-up: " + "; ".join(done))
     return done
+
+
+def _namespace_id(layout: NodeLayout) -> str | None:
+    """``net:[inode]`` of the node's namespace while it is mounted (an
+    unmounted placeholder file names no namespace)."""
+    try:
+        if os.stat(layout.netns).st_dev == os.stat(layout.run_dir).st_dev:
+            return None
+        return f"net:[{os.stat(layout.netns).st_ino}]"
+    except OSError:
+        return None
+
+
+def _kill_namespace_processes(layout: NodeLayout, done: list[str]) -> None:
+    """Whatever still runs in the node's network namespace (a CNI plugin, a
+    component restarted by hand): it would keep the namespace alive."""
+    namespace = _namespace_id(layout)
+    if namespace is None:
+        return
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if os.readlink(entry / "ns" / "net") == namespace:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    for pid in found:
+        _stop(pid, grace=2)
+    if found:
+        done.append(f"stopped {len(found)} processes in the node's network namespace")
+
+
+def _remove_host_network(layout: NodeLayout, network: NodeNetwork, done: list[str]) -> None:
+    """The host's end of the link (its routes and the node's end go with it)
+    and the DNAT rule to the API server. The namespace itself goes with its
+    last process and its bind mount."""
+    if _link_exists(network.host_veth):
+        subprocess.run(["ip", "link", "del", network.host_veth], capture_output=True)
+        done.append(f"deleted {network.host_veth} and its routes")
+    listing = subprocess.run(["iptables", "-w", "-t", "nat", "-S", "PREROUTING"], capture_output=True,
+                             text=True).stdout
+    for line in listing.splitlines():
+        parts = shlex.split(line)  # comments may be quoted
+        if parts[:1] == ["-A"] and layout.dnat_comment in parts:
+            subprocess.run(["iptables", "-w", "-t", "nat", "-D", *parts[1:]], capture_output=True)
+            done.append("removed the DNAT rule to the API server")
 
 
 def _stop(pid: int, grace: float = 5.0) -> None:
@@ -609,44 +903,6 @@ def _unmount_under(roots: tuple[Path, ...], done: list[str]) -> None:
                 done.append(f"unmounted {point}")
 
 
-def _remove_links(done: list[str]) -> None:
-    if not _link_exists(BRIDGE):
-        return
-    out = subprocess.run(["ip", "-o", "link", "show", "master", BRIDGE], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        veth = line.split(":")[1].strip().split("@")[0]
-        subprocess.run(["ip", "link", "del", veth], capture_output=True)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-    done.append(f"deleted bridge {BRIDGE}")
-
-
-def _remove_chains(done: list[str]) -> None:
-    """kubelet's, kube-proxy's and the CNI plugins' chains, and the jumps to
-    them from built-in chains (v4 and v6)."""
-    removed = 0
-    for tool in ("iptables", "ip6tables"):
-        if not shutil.which(tool):
-            continue
-        for table in ("filter", "nat", "mangle"):
-            listing = subprocess.run([tool, "-w", "-t", table, "-S"], capture_output=True, text=True).stdout
-            ours = [line.split()[1] for line in listing.splitlines()
-                    if line.startswith("-N ") and line.split()[1].startswith(KUBE_CHAIN_PREFIXES)]
-            if not ours:
-                continue
-            for line in listing.splitlines():
-                parts = shlex.split(line)  # comments are quoted
-                if parts[:1] == ["-A"] and parts[1] not in ours and "-j" in parts \
-                        and parts[parts.index("-j") + 1] in ours:
-                    subprocess.run([tool, "-w", "-t", table, "-D", *parts[1:]], capture_output=True)
-            for chain in ours:
-                subprocess.run([tool, "-w", "-t", table, "-F", chain], capture_output=True)
-            for chain in ours:
-                subprocess.run([tool, "-w", "-t", table, "-X", chain], capture_output=True)
-                removed += 1
-    if removed:
-        done.append(f"removed {removed} iptables chains")
-
-
 def _remove_cgroups(layout: NodeLayout, done: list[str]) -> None:
     count = 0
     for controller in _cgroup_hierarchies():
@@ -677,10 +933,11 @@ def _remove_log_links(layout: NodeLayout) -> None:
             continue
 
 
-def _restore_sysctls(layout: NodeLayout, done: list[str]) -> None:
-    record = layout.dir / "sysctls.json"
+def _restore_sysctls(done: list[str]) -> None:
+    """The host's values from before its first real node (called with the
+    host lock held, when no node claims a slot any more)."""
     try:
-        values = json.loads(record.read_text())
+        values = json.loads(SYSCTL_RECORD.read_text())
     except (OSError, json.JSONDecodeError):
         return
     changed = []
@@ -692,6 +949,6 @@ def _restore_sysctls(layout: NodeLayout, done: list[str]) -> None:
                 changed.append(key.replace("/", "."))
         except OSError:
             continue
-    record.unlink()
+    SYSCTL_RECORD.unlink()
     if changed:
         done.append(f"restored sysctls {', '.join(changed)}")
