@@ -227,10 +227,11 @@ def up(name: str, flavor: str, *, istio: bool = True, api_port: int = 0, reuse: 
         try:
             _start(sandbox, binaries, flavor, istio, api_port, pods, kubeconfig_copy, log, say, cancel,
                    artifacts_dir)
-        except BaseException:
-            # A failure names logs of the sandbox: they stay (with the record,
-            # state "failed") until down or the next up; an interrupt removes all.
-            keep_logs = not caught
+        except BaseException as exc:
+            # A failed start names logs of the sandbox: they stay (with the
+            # record, state "failed") until down or the next up. An interrupt,
+            # or a host that cannot run it (no free address slot), removes all.
+            keep_logs = not caught and isinstance(exc, StageFailed)
             with _signals_ignored():
                 say(f"sandbox {name!r} did not come up: removing what was started"
                     + (f"; its logs stay in {sandbox.dir} until 'xci-cn sandbox down --name {name}'"

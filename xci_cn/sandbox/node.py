@@ -205,7 +205,10 @@ class NodeLayout:
 
     @property
     def kubelet_root(self) -> Path:
-        return self.dir / "kubelet"
+        """Under the runtime dir, not the sandbox's: kubelet makes unix
+        sockets in it (pod-resources, device plugins), whose paths must stay
+        within 108 bytes however deep the sandbox home is."""
+        return self.run_dir / "kubelet"
 
     @property
     def cgroup_name(self) -> str:
