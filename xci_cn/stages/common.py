@@ -152,12 +152,11 @@ def measured_shares(traffic: dict[str, Any], step: dict[str, Any]) -> dict[str, 
     start, end = step.get("load_from_s"), step.get("load_until_s")
     if start is None or end is None:
         return {}
-    from xci_cn.verify.load import share_between
+    from xci_cn.verify.load import versions_between
 
-    counts = share_between(traffic["per_second"], float(start), float(end))
-    total = sum(n for v, n in counts.items() if v not in ("-", "?")) or 0
-    return {v: round(100 * n / total, 1) for v, n in sorted(counts.items()) if v not in ("-", "?")} \
-        if total else {}
+    counts = versions_between(traffic["per_second"], float(start), float(end))
+    total = sum(counts.values())
+    return {v: round(100 * n / total, 1) for v, n in sorted(counts.items())} if total else {}
 
 
 def start_load(ctx: StageContext, spec: TrafficSpec) -> Any:

@@ -178,12 +178,11 @@ class VerifyStage:
 
     @staticmethod
     def _judge_splits_beside(ctx: StageContext, record: Any, splits: list[_SplitBesideLoad]) -> None:
-        from xci_cn.verify.load import share_between
+        from xci_cn.verify.load import versions_between
         from xci_cn.verify.probes import judge_split
 
         for split in splits:
-            also = {v: n for v, n in share_between(record.per_second, split.start, split.end).items()
-                    if v not in ("-", "?")}
+            also = versions_between(record.per_second, split.start, split.end)
             verdict = judge_split(split.check, split.expected, split.probe.details["counts"],
                                   split.probe.details["errors"], also)
             ctx.check(verdict.name, verdict.passed, verdict.message, **verdict.details)

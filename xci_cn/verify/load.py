@@ -195,3 +195,12 @@ def share_between(per_second: list[dict[str, Any]], start: float, end: float) ->
         if start <= bucket["t"] and bucket["t"] + 1 <= end:
             out.update(bucket["versions"])
     return dict(out)
+
+
+# What a version is recorded as when no version answered: a failed request, an answer without one.
+NO_VERSION = ("-", "?")
+
+
+def versions_between(per_second: list[dict[str, Any]], start: float, end: float) -> dict[str, int]:
+    """Answers per version that named one, in the whole seconds within [start, end)."""
+    return {v: n for v, n in share_between(per_second, start, end).items() if v not in NO_VERSION}
