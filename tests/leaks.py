@@ -50,8 +50,7 @@ def host_state() -> dict[str, list[str]]:
     runtime = ("containerd", "kubelet", "kube-proxy", "coredns")
     return {
         "interfaces": listing(Path("/sys/class/net")),
-        "routes": sorted(subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
-                                        text=True).stdout.splitlines()),
+        "routes": sorted(node.routes()),
         # the node's own mount points (others' come and go on a shared host)
         "mounts": sorted(point for line in Path("/proc/self/mountinfo").read_text().splitlines()
                          if any(part in (point := line.split()[4]) for part in

@@ -302,11 +302,11 @@ def free_slot(layout: NodeLayout) -> NodeNetwork:
     """The first free slot from the sandbox's preferred one; EnvironmentProblem
     naming why the preferred one is taken when none is free."""
     taken = claims()
-    routes = _routes()
+    routes_on_host = routes()
     first = ""
     for step in range(SLOTS):
         network = NodeNetwork((layout.preferred_slot + step) % SLOTS)
-        why = _slot_taken(network, taken, routes)
+        why = _slot_taken(network, taken, routes_on_host)
         if not why:
             return network
         first = first or f"slot {network.slot}: {why}"
@@ -372,7 +372,8 @@ def cni_bin_dir() -> Path | None:
     return None
 
 
-def _routes() -> list[str]:
+def routes() -> list[str]:
+    """The host's IPv4 routes, every table."""
     out = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
