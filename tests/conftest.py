@@ -12,6 +12,7 @@ session sandbox down; the next test that needs ``sandbox`` brings it back
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,30 @@ def isolated_sandbox_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         os.environ.pop("XCI_CN_SANDBOX_HOME", None)
     else:
         os.environ["XCI_CN_SANDBOX_HOME"] = previous
+
+
+@pytest.fixture(autouse=True)
+def delete_sdc_namespaces(isolated_sandbox_home: Path) -> Iterator[None]:
+    """The namespaces a test made with ``sdc_copy`` go when it ends, from
+    whichever running sandbox holds them (without waiting: the real node
+    stops their pods while the next test runs)."""
+    from tests.helpers import SDC_NAMESPACES
+
+    SDC_NAMESPACES.clear()
+    yield
+    if not SDC_NAMESPACES:
+        return
+    from xci_cn.sandbox import cluster
+    from xci_cn.sandbox.binaries import find_kubectl
+
+    for name in cluster.list_sandboxes():
+        running = cluster.Sandbox(name)
+        if not running.is_up():
+            continue
+        subprocess.run([str(find_kubectl()), "--kubeconfig", str(running.kubeconfig), "delete", "namespace",
+                        "--ignore-not-found", "--wait=false", *SDC_NAMESPACES],
+                       capture_output=True, text=True, timeout=60)
+    SDC_NAMESPACES.clear()
 
 
 @pytest.fixture(scope="session")

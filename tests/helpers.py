@@ -96,9 +96,18 @@ def wait_for_line(path: Path, text: str, timeout: float = 30) -> None:
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
+# Namespaces sdc_copy named during the running test; conftest's
+# delete_sdc_namespaces removes them from every running sandbox at the test's
+# end, so that the shared sandbox does not pile up pods that keep running
+# (and being probed) for the rest of the session.
+SDC_NAMESPACES: list[str] = []
+
+
 def sdc_copy(tmp_path: Path) -> tuple[Path, str]:
-    """The bundled sample in a namespace of its own, so tests do not meet."""
+    """The bundled sample in a namespace of its own, so tests do not meet;
+    deleted when the test ends."""
     namespace = f"sdc-{uuid.uuid4().hex[:6]}"
+    SDC_NAMESPACES.append(namespace)
     target = tmp_path / "sdc"
     shutil.copytree(SAMPLES_DIR / "sdc", target)
     for path in target.glob("*.yaml"):

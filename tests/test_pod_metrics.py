@@ -133,10 +133,18 @@ def test_sandbox_prometheus_scrapes_the_pods_that_ask_by_annotation(sandbox: dic
         assert one["metric"]["version"] == pod["metadata"]["labels"]["version"], one
         assert one["metric"]["namespace"] == namespace and one["metric"]["app"] == "http-lb", one
     # Every pod that asks is a target, at the path it names; redis does not ask.
-    targets = requests.get(prometheus + "/api/v1/targets", params={"state": "active"}, timeout=5).json()
-    ours = {t["labels"]["pod"]: t for t in targets["data"]["activeTargets"]
-            if t["labels"]["job"] == "pods" and t["labels"].get("namespace") == namespace}
+    # Prometheus applies what discovery finds at most every 5 s, so pods that
+    # started seconds apart may arrive in two updates: wait for the whole set.
+    # (A loop of its own rather than until(): a timeout names the set it had.)
     asking = {p["metadata"]["name"] for p in pods if p["metadata"]["labels"]["app"] != "redis"}
+    deadline = time.monotonic() + 30
+    while True:
+        targets = requests.get(prometheus + "/api/v1/targets", params={"state": "active"}, timeout=5).json()
+        ours = {t["labels"]["pod"]: t for t in targets["data"]["activeTargets"]
+                if t["labels"]["job"] == "pods" and t["labels"].get("namespace") == namespace}
+        if set(ours) == asking or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert set(ours) == asking and len(asking) == 10, sorted(ours)
     assert all(t["scrapeUrl"].endswith("/metrics") for t in ours.values())
 

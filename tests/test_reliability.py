@@ -77,7 +77,8 @@ def test_sigkill_during_deploy_then_resume_completes_without_duplicates(sandbox:
     copy = sdc_copy(tmp_path)
     write_scenario(tmp_path, slow_canary(tmp_path, copy), "s.yaml")
     proc = start_run(tmp_path, sandbox["kubeconfig"])
-    wait_until(lambda: vs_weights(sandbox, copy[1]).get("v2") == 10, what="canary step 1")
+    # Any step before the last: the 10 % one lasts 2-3 s, which a poll slowed by load can miss.
+    wait_until(lambda: vs_weights(sandbox, copy[1]).get("v2") in (10, 50), timeout=120, what="a mid-way step")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     state = json.loads((tmp_path / "R" / "state.json").read_text())
@@ -136,7 +137,8 @@ def test_control_plane_component_restarted_mid_deploy_run_completes(fault_sandbo
     copy = sdc_copy(tmp_path)
     write_scenario(tmp_path, slow_canary(tmp_path, copy, pause="3s"), "s.yaml")
     proc = start_run(tmp_path, fault_sandbox["kubeconfig"])
-    wait_until(lambda: vs_weights(fault_sandbox, copy[1]).get("v2") == 10, what="canary step 1")
+    wait_until(lambda: vs_weights(fault_sandbox, copy[1]).get("v2") in (10, 50), timeout=120,
+               what="a mid-way step")
     restart_component("faults", component, down_seconds=down_seconds)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
