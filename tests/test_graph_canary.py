@@ -35,7 +35,7 @@ spec:
     spec:
       containers:
         - name: proxy-access-control
-          image: xci-cn.local/sdc-app:1.1.0
+          image: xci-cn.local/sdc-app:1.2.0
           imagePullPolicy: Never
           args: [http, --port=9180, --name=proxy-access-control, --version={version}, '--upstream=http://http-lb:9180']
           ports: [{{name: http, containerPort: 9180}}]

@@ -10,4 +10,5 @@ tools/bootstrap.sh --system
 .venv/bin/ruff check .
 .venv/bin/lint-imports
 .venv/bin/mypy
-exec .venv/bin/pytest "$@"
+# The 30 slowest tests are listed at the end: where the suite's time goes.
+exec .venv/bin/pytest --durations=30 "$@"

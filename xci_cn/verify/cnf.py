@@ -98,6 +98,9 @@ class CnfCheck(BaseModel):
                                                              "update and its undo.")
     scale_failure_ratio: float = Field(default=0.05, ge=0, le=1, description="Share of requests that may fail "
                                        "while scaling: the Service keeps answering (failures are counted).")
+    scale_hold: Duration = Field(default=2.0, description="How long requests go on at 3 Ready replicas before "
+                                                          "scaling back: a pod that is Ready but does not serve "
+                                                          "is seen.")
     update_image: dict[str, str] = Field(default_factory=dict, description="Container -> image for the rolling "
                                                                            "update (default: a template change).")
 

@@ -11,9 +11,10 @@ pod template) before it returns, also when it fails:
   it and the pod is Ready again within ``recovery_within`` (measured). The
   process is found on this host through its cgroup: the sandbox's real node
   runs here; on other nodes the rule is skipped;
-* scale: to 3 replicas and back, all Ready, with real requests to the
-  Services that select the pods during the change: failures are counted
-  (by phase and cause) and may be at most ``scale_failure_ratio``;
+* scale: to 3 replicas, held there for ``scale_hold`` once all are Ready,
+  and back, with real requests to the Services that select the pods during
+  the change: failures are counted (by phase and cause) and may be at most
+  ``scale_failure_ratio``;
 * rolling-update: a new image (``update_image``) or, by default, a pod
   template annotation, then the old template back: the old ReplicaSet must
   own the pods again; failed requests within ``request_budget``;
@@ -181,6 +182,11 @@ class Runtime:
                 traffic.phase = "out"
                 self._scale_to(subject, 3)
                 out = self._wait_available(subject, self.spec.timeout, replicas=3)
+                if out is not None:
+                    # Ready is not serving: requests go on at 3 replicas for a
+                    # while, or a pod that is Ready but refuses is hardly seen.
+                    traffic.phase = "held"
+                    self.sleep(self.spec.scale_hold)
             finally:
                 traffic.phase = "in"
                 self._scale_to(subject, original)
@@ -191,7 +197,8 @@ class Runtime:
                     f"not back to {original} within {self.spec.timeout:g}s" if back is None else "",
                     traffic.verdict(int(self.spec.scale_failure_ratio * traffic.counts()["requests"]))]
         problems = [p for p in problems if p]
-        text = f"1->3->{original}: out {out}s, in {back}s; {traffic.summary()}"
+        held = f", held {self.spec.scale_hold:g}s" if out is not None else ""
+        text = f"1->3->{original}: out {out}s{held}, in {back}s; {traffic.summary()}"
         return Outcome(not problems, "; ".join(problems) + f" ({text})" if problems else text, measured=measured)
 
     def rolling_update(self, subject: Subject, services: list[Subject]) -> Outcome:

@@ -6,6 +6,7 @@
 //
 //	sdc-app http --port 9180 --name http-lb --version v2 [--upstream http://clover-server1:9180,...]
 //	             [--error-ratio 0.2] [--latency 50ms] [--never-ready] [--hog-mib 256] [--exit-after 2s --exit-code 1]
+//	             [--listen-after 8s]
 //	sdc-app resp --port 6379
 //	sdc-app resp-ping --port 6379     (an exec probe: exit 0 when the RESP server answers PONG)
 //	sdc-app version
@@ -33,7 +34,7 @@ import (
 )
 
 // Version of the program itself; the image tag.
-const Version = "1.1.0"
+const Version = "1.2.0"
 
 func main() {
 	if len(os.Args) < 2 {
@@ -91,6 +92,7 @@ func serveHTTP(args []string) error {
 	hog := flags.Int("hog-mib", 0, "allocate and touch this many MiB at start (memory-limit tests)")
 	exitAfter := flags.Duration("exit-after", 0, "exit after this long (crash tests)")
 	exitCode := flags.Int("exit-code", 1, "exit code for --exit-after")
+	listenAfter := flags.Duration("listen-after", 0, "open the port only after this long (a slow start)")
 	_ = flags.Parse(args)
 	app.metrics.version = app.version
 	if app.errorRatio < 0 || app.errorRatio > 1 {
@@ -121,12 +123,24 @@ func serveHTTP(args []string) error {
 	mux.Handle("/metrics", app.metrics)
 	mux.HandleFunc("/", app.metrics.measure(app.handle))
 	server := &http.Server{Addr: fmt.Sprintf(":%d", *port), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ctx := signalled()
+	if *listenAfter > 0 {
+		// A slow start: a pod without a readiness probe is Ready (and sent
+		// requests) this long before it serves. A SIGTERM meanwhile ends it.
+		fmt.Fprintf(os.Stderr, "%s %s (sdc-app %s) listening on :%d after %v\n", app.name, app.version, Version,
+			*port, *listenAfter)
+		select {
+		case <-time.After(*listenAfter):
+		case <-ctx.Done():
+			fmt.Fprintf(os.Stderr, "%s %s: stopped before listening\n", app.name, app.version)
+			return nil
+		}
+	}
 	fmt.Fprintf(os.Stderr, "%s %s (sdc-app %s) listening on :%d\n", app.name, app.version, Version, *port)
-	return runServer(server)
+	return runServer(ctx, server)
 }
 
-func runServer(server *http.Server) error {
-	ctx := signalled()
+func runServer(ctx context.Context, server *http.Server) error {
 	done := make(chan error, 1)
 	go func() { done <- server.ListenAndServe() }()
 	select {
