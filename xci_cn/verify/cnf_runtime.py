@@ -426,7 +426,7 @@ class Traffic:
         self.targets = targets
         self.ok = self.failed = 0
         self.errors: dict[str, int] = {}
-        self.phase = "before"  # errors are counted per phase of the change (out, in, update, undo)
+        self.phase = "before"  # errors are counted per phase of the change (out, held, in, update, undo)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="cnf-traffic")
 
