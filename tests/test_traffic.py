@@ -60,6 +60,47 @@ def _slow_server(delay: float) -> Iterator[str]:
         thread.join()
 
 
+@contextmanager
+def answering(codes: list[int]) -> Iterator[str]:
+    """A server on loopback that answers ``codes`` in turn, then 200."""
+    left = list(codes)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(left.pop(0) if left else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_the_load_waits_until_its_url_answers_without_gateway_errors(tmp_path: Path) -> None:
+    """A gateway error (an upstream not routed yet) starts the count again;
+    the application's own answers, 500 included, count."""
+    with answering([200, 502, 500, 503, 200, 504]) as url:
+        load = Load(cached_tool("vegeta"), TrafficSpec(url=url), None, tmp_path)
+        slept: list[float] = []
+        assert load.wait_answering(slept.append, in_a_row=10) is not None
+        # answered, reset (502), answered (500), reset (503), answered, reset (504), then 10 answers
+        assert len(slept) == 6 + 9
+    with answering([502] * 10_000) as url:
+        load = Load(cached_tool("vegeta"), TrafficSpec(url=url), None, tmp_path)
+        started = time.monotonic()
+        assert load.wait_answering(time.sleep, within=0.5) is None
+        assert time.monotonic() - started < 2
+
+
 def test_a_rate_that_cannot_be_sent_is_reported_not_hidden(tmp_path: Path) -> None:
     # Two requests in flight at 200 ms each: at most 10/s of the 50/s asked.
     with _slow_server(0.2) as url:

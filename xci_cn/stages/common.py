@@ -162,10 +162,16 @@ def measured_shares(traffic: dict[str, Any], step: dict[str, Any]) -> dict[str, 
 def start_load(ctx: StageContext, spec: TrafficSpec) -> Any:
     """A running vegeta attack for ``spec`` (URL default: the sandbox's Gateway)."""
     from xci_cn.sandbox.binaries import cached_tool
-    from xci_cn.verify.load import Load
+    from xci_cn.verify.load import ANSWER_WITHIN_S, ANSWERED_IN_A_ROW, Load
 
     load = Load(cached_tool("vegeta"), spec, provisioned_url(ctx, "gateway_url"),
-                ctx.results_dir / "traffic" / ctx.stage).start()
+                ctx.results_dir / "traffic" / ctx.stage)
+    answered = load.wait_answering(ctx.sleep)
+    running = f"{ANSWERED_IN_A_ROW} times running"
+    ctx.report_progress(f"traffic: {load.url} answered {running} after {answered:.1f}s" if answered is not None
+                        else f"traffic: {load.url} did not answer {running} within {ANSWER_WITHIN_S:g}s "
+                        "(gateway errors); the load starts all the same")
+    load.start()
     ctx.report_progress(f"traffic: {spec.rate}/s to {load.url}"
                         f"{f' for {spec.duration:g}s' if spec.duration else ' while the stage runs'}")
     return load

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,11 @@ from xci_cn.errors import EnvironmentProblem, InvalidInput
 # would silently send less than asked.
 MAX_RATE = 1000
 SHORTFALL = 0.9  # sent / asked below this is reported as a shortfall
+# Before the load starts, the URL must answer this many times running; a
+# gateway error (an upstream not routed yet) starts the count again.
+ANSWERED_IN_A_ROW = 10
+ANSWER_WITHIN_S = 15.0
+GATEWAY_ERRORS = (502, 503, 504)
 
 
 class TrafficSpec(BaseModel):
@@ -94,6 +100,31 @@ class Load:
         self.log = workdir / "load.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
+
+    def wait_answering(self, sleep: Callable[[float], None], within: float = ANSWER_WITHIN_S,
+                       in_a_row: int = ANSWERED_IN_A_ROW) -> float | None:
+        """Seconds until the URL answered ``in_a_row`` times running (any
+        answer but a gateway error: 502, 503, 504), None if not ``within``.
+        Pods are Ready a moment before every hop routes to them (kube-proxy
+        programs a Service's rules after its EndpointSlice changes): a load
+        started at once meets the graph's own start-up, not the rollout."""
+        import requests
+
+        started = time.monotonic()
+        answered = 0
+        with requests.Session() as session:
+            while answered < in_a_row:
+                try:
+                    code = session.get(self.url, headers=self.spec.headers, timeout=2).status_code
+                except requests.RequestException:
+                    code = None
+                answered = answered + 1 if code is not None and code not in GATEWAY_ERRORS else 0
+                if answered >= in_a_row:
+                    break
+                if time.monotonic() - started > within:
+                    return None
+                sleep(0.05)
+        return time.monotonic() - started
 
     def start(self) -> Load:
         argv = [str(self.vegeta), "attack", f"-rate={self.spec.rate}/s",
