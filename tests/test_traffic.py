@@ -38,35 +38,14 @@ def test_load_generator_sends_the_asked_rate_and_records_the_answers(tmp_path: P
 
 
 @contextmanager
-def _slow_server(delay: float) -> Iterator[str]:
+def _server(delay: float = 0, codes: list[int] | None = None) -> Iterator[str]:
+    """A server on loopback that answers after ``delay`` with ``codes`` in
+    turn, then 200."""
+    left = list(codes or [])
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             time.sleep(delay)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-@contextmanager
-def answering(codes: list[int]) -> Iterator[str]:
-    """A server on loopback that answers ``codes`` in turn, then 200."""
-    left = list(codes)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
             self.send_response(left.pop(0) if left else 200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -88,13 +67,13 @@ def answering(codes: list[int]) -> Iterator[str]:
 def test_the_load_waits_until_its_url_answers_without_gateway_errors(tmp_path: Path) -> None:
     """A gateway error (an upstream not routed yet) starts the count again;
     the application's own answers, 500 included, count."""
-    with answering([200, 502, 500, 503, 200, 504]) as url:
+    with _server(codes=[200, 502, 500, 503, 200, 504]) as url:
         load = Load(cached_tool("vegeta"), TrafficSpec(url=url), None, tmp_path)
         slept: list[float] = []
         assert load.wait_answering(slept.append, in_a_row=10) is not None
         # answered, reset (502), answered (500), reset (503), answered, reset (504), then 10 answers
         assert len(slept) == 6 + 9
-    with answering([502] * 10_000) as url:
+    with _server(codes=[502] * 10_000) as url:
         load = Load(cached_tool("vegeta"), TrafficSpec(url=url), None, tmp_path)
         started = time.monotonic()
         assert load.wait_answering(time.sleep, within=0.5) is None
@@ -103,7 +82,7 @@ def test_the_load_waits_until_its_url_answers_without_gateway_errors(tmp_path: P
 
 def test_a_rate_that_cannot_be_sent_is_reported_not_hidden(tmp_path: Path) -> None:
     # Two requests in flight at 200 ms each: at most 10/s of the 50/s asked.
-    with _slow_server(0.2) as url:
+    with _server(delay=0.2) as url:
         spec = TrafficSpec(url=url, rate=50, duration=3, max_in_flight=2)
         load = Load(cached_tool("vegeta"), spec, None, tmp_path).start()
         load.process.wait(timeout=30)
